@@ -1,0 +1,31 @@
+# Two commands a user needs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2> $(VENV)/pip.log || { cat $(VENV)/pip.log; exit 1; }
+	$(PY) -m pip check
+	touch $(STAMP)
+
+# pytest exits 5 when nothing was collected; that must fail CI, and it does (non-zero).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

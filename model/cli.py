@@ -1,0 +1,68 @@
+"""Shared command-line hygiene for every run_*.py and tools/*.py script.
+
+A user mistake ends with one line on stderr and exit status 2, never a traceback.
+TensorFlow's C++ and Python logging is silenced unless --verbose is given; this
+module must be imported (and `setup` called) before TensorFlow is.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing file, wrong vocabulary)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and one-line errors (exit 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action="store_true",
+                          help="show TensorFlow logging and full tracebacks")
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
+def quiet_tensorflow(verbose=False):
+    """Silence TensorFlow before it is imported (oneDNN notices, deprecations).
+
+    model.compat reads GPTSAN_VERBOSE when it imports TensorFlow and quiets the
+    Python-side loggers too.
+    """
+    if verbose:
+        os.environ["GPTSAN_VERBOSE"] = "1"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+
+
+def fail(message):
+    """Raise a UserError; `run` turns it into one line and exit status 2."""
+    raise UserError(message)
+
+
+def require_file(path, what, hint=""):
+    if not path or not os.path.isfile(path):
+        fail("%s not found: %s%s" % (what, path, (". " + hint) if hint else ""))
+    return path
+
+
+def run(main, parser):
+    """Parse arguments, quiet TensorFlow, run main(args); map user errors to exit 2."""
+    args = parser.parse_args()
+    quiet_tensorflow(args.verbose)
+    try:
+        result = main(args)
+    except UserError as e:
+        if args.verbose:
+            raise
+        sys.stderr.write("%s: error: %s\n" % (parser.prog, e))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted\n" % parser.prog)
+        sys.exit(130)
+    sys.exit(result or 0)
