@@ -36,3 +36,10 @@ import mesh_tensorflow as mtf  # noqa: E402
 tf.disable_v2_behavior()
 
 __all__ = ["tf", "mtf"]
+
+# The Switch layer lives in mesh_tensorflow.transformer, which imports
+# tensorflow-datasets at import time (hence that pin in requirements.txt).
+from mesh_tensorflow.transformer import moe as mtf_moe  # noqa: E402
+from mesh_tensorflow import placement_mesh_impl  # noqa: E402
+
+__all__ += ["mtf_moe", "placement_mesh_impl"]
