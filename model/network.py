@@ -10,6 +10,8 @@ Dimension names (mesh.py's layout refers to them):
   batch, length (queries), memory (keys), hidden (H), header (A), kv (K),
   experts (E), vocab (V), context (C positions), layers (L), two (key/value).
 """
+import zlib
+
 from model.compat import mtf, mtf_moe, tf
 from model.params import num_layers
 
@@ -49,8 +51,9 @@ class Config:
 
     def __init__(self, model_params, activation_dtype=tf.float32, layout=None,
                  mesh_shape=None, capacity_factor_train=1.25, aux_loss_coef=1e-2,
-                 router_jitter=1e-2):
+                 router_jitter=1e-2, seed=0):
         self.params = model_params
+        self.seed = seed
         self.dims = Dims(model_params)
         self.variable_dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
         self.activation_dtype = activation_dtype
@@ -62,8 +65,12 @@ class Config:
 
 
 def variable(mesh, name, dims, cfg, stddev=INIT_STDDEV, init=None):
+    """A weight whose random initial value depends only on its name and the
+    configured seed, so every mesh layout starts from the same weights."""
     if init is None:
-        init = tf.random_normal_initializer(stddev=stddev)
+        full_name = "%s/%s" % (tf.get_variable_scope().name, name)
+        seed = (zlib.crc32(full_name.encode()) + cfg.seed) % (2 ** 31)
+        init = tf.random_normal_initializer(stddev=stddev, seed=seed)
     return mtf.get_variable(mesh, name, mtf.Shape(dims), initializer=init,
                             dtype=cfg.variable_dtype)
 
@@ -148,9 +155,13 @@ def switch_ffn(x, cfg, train, name):
     d = cfg.dims
     length = x.shape.dims[1]
     with tf.variable_scope(name):
+        # Every position counts for load balancing (the layer needs the weights
+        # explicitly when training).
+        nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)
         moe_out, aux_loss = mtf_moe.transformer_moe_layer_v1(
             x, d.hidden, moe_hparams(cfg, length.size, train), train, cfg.variable_dtype,
-            layout=cfg.layout, mesh_shape=cfg.mesh_shape, activation=mtf.relu)
+            layout=cfg.layout, mesh_shape=cfg.mesh_shape, nonpadding=nonpadding,
+            activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
                           stddev=SOFTMLP_STDDEV)
     bypass = mtf.tanh(mtf.einsum([x, w_soft], reduced_dims=[d.hidden]))

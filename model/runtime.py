@@ -112,7 +112,8 @@ class Forward:
                 tf.set_random_seed(seed)
             mtf_graph, mesh = meshlib.new_mesh()
             cfg = network.Config(model_params, activation_dtype=activation_dtype,
-                                 layout=meshlib.LAYOUT, mesh_shape=self.devices.shape)
+                                 layout=meshlib.LAYOUT, mesh_shape=self.devices.shape,
+                                 seed=seed or 0)
             d = cfg.dims
             batch = mtf.Dimension("batch", batch_size)
             length_dim = mtf.Dimension("length", length)
