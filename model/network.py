@@ -12,6 +12,7 @@ Dimension names (mesh.py's layout refers to them):
 """
 import zlib
 
+from model import mesh as meshlib
 from model.compat import mtf, mtf_moe, tf
 from model.params import num_layers
 
@@ -57,8 +58,9 @@ class Config:
         self.dims = Dims(model_params)
         self.variable_dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
         self.activation_dtype = activation_dtype
-        self.layout = layout
-        self.mesh_shape = mesh_shape
+        # Defaults: the standard layout on a one-device mesh (graph-only builds).
+        self.layout = layout if layout is not None else meshlib.LAYOUT
+        self.mesh_shape = mesh_shape if mesh_shape is not None else mtf.Shape([])
         self.capacity_factor_train = capacity_factor_train
         self.aux_loss_coef = aux_loss_coef
         self.router_jitter = router_jitter

@@ -212,10 +212,14 @@ class Trainer:
             if os.path.isdir(self.opts.output_dir) else None
         self.session.run(self.init)
         with self.graph.as_default():
-            if latest:
+            if latest and _has_training_state(latest, self.graph):
                 runtime.check_checkpoint(latest, runtime.expected_variables(self.graph))
                 self.saver.restore(self.session, latest)
                 self.resumed_from = latest
+            elif latest:
+                # Weights only (a converted or released model): start training from them.
+                self._load_weights(latest)
+                self.resumed_from = None
             elif self.opts.init_checkpoint:
                 self._load_weights(self.opts.init_checkpoint)
                 self.resumed_from = None
@@ -231,8 +235,7 @@ class Trainer:
             path = runtime.latest_checkpoint(path)
         stored = dict(tf.train.list_variables(path))
         wanted = [v for v in self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
-                  if v.op.name in stored and "/adam_" not in v.op.name
-                  and v.op.name != "global_step"]
+                  if v.op.name in stored and not _is_training_state(v.op.name)]
         runtime.check_checkpoint(path, {v.op.name: v.shape.as_list() for v in wanted})
         tf.train.Saver(var_list=wanted).restore(self.session, path)
 
@@ -291,6 +294,18 @@ class Trainer:
 
     def close(self):
         self.session.close()
+
+
+def _is_training_state(name):
+    return "/adam_" in name or name.startswith("loss_scale") or name == "global_step"
+
+
+def _has_training_state(path, graph):
+    """Does the checkpoint hold this graph's optimizer state (i.e. was it written
+    by this training setup), rather than model weights alone?"""
+    stored = dict(tf.train.list_variables(path))
+    wanted = [n for n in runtime.expected_variables(graph) if _is_training_state(n)]
+    return all(n in stored for n in wanted) and "global_step" in stored
 
 
 class _StopFlag:

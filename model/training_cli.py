@@ -1,0 +1,103 @@
+"""Flags and the start-up sequence shared by run_training.py and run_finetune.py.
+
+Importing this module does not import TensorFlow (so --help stays fast).
+"""
+import json
+import os
+import sys
+
+from model import cli
+
+
+def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.py "
+                                     "(comma-separated globs; gs:// paths work)"):
+    """Flags shared with run_finetune.py."""
+    p.add_argument("--input_files", required=True, help=input_help)
+    p.add_argument("--vocabulary", default=None,
+                   help="vocabulary file; checked against num_vocabulary when given")
+    p.add_argument("--spout_vector", default="none", choices=["none", "uniform", "onehot"],
+                   help="spout input: none, a uniform random vector, or one-hot of the "
+                        "record's class id")
+    p.add_argument("--max_training_step", type=int, default=100000)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adafactor"])
+    p.add_argument("--use_bfloat16", action="store_true",
+                   help="bfloat16 activations, float32 master weights")
+    p.add_argument("--use_mixed_precision", action="store_true",
+                   help="float16 activations with dynamic loss scaling")
+    p.add_argument("--loss_scale", type=float, default=2.0 ** 15,
+                   help="initial loss scale for --use_mixed_precision")
+    p.add_argument("--clip_gradients", type=float, default=0.0,
+                   help="global-norm gradient clipping (0: off)")
+    p.add_argument("--ignore_parameters", default=None,
+                   help="JSON list of variable names to freeze, or a file holding one")
+    p.add_argument("--mesh_shape", default=None,
+                   help="override the mesh, e.g. 2x2 or 'batch:2;model:2'")
+    p.add_argument("--cpu_devices", type=int, default=None,
+                   help="split the CPU into N logical devices (model parallelism on a laptop)")
+    p.add_argument("--tpu_nodes", default=None, help="TPU name(s) for TPUClusterResolver")
+    p.add_argument("--worker_hosts", default=None,
+                   help="comma-separated host:port of a multi-host CPU/GPU cluster "
+                        "(or set TF_CONFIG)")
+    p.add_argument("--task_index", type=int, default=0, help="this process's worker index")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def parse_frozen(value):
+    if not value:
+        return []
+    text = value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError:
+        cli.fail("--ignore_parameters must be a JSON list of variable names or a file holding one")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        cli.fail("--ignore_parameters must be a JSON list of variable names")
+    return names
+
+
+def check_vocabulary(path, model_params):
+    if not path:
+        return
+    cli.require_file(path, "vocabulary file")
+    with open(path, encoding="utf-8") as f:
+        size = len(f.read().split("\n"))
+    if size != model_params["num_vocabulary"]:
+        cli.fail("vocabulary %s has %d ids but the model has num_vocabulary %d; use the "
+                 "vocabulary the model was trained with" % (path, size,
+                                                           model_params["num_vocabulary"]))
+
+
+def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
+    """Shared by run_training.py and run_finetune.py: build options, train, report."""
+    from model import cluster, train
+
+    check_vocabulary(args.vocabulary, params["model_params"])
+    devices = cluster.devices_from_args(args, params["model_params"])
+    if devices is None:  # a non-chief worker served its devices until the chief finished
+        return 0
+    opts = train.TrainOptions(
+        params=params, input_files=args.input_files, output_dir=output_dir,
+        max_training_step=args.max_training_step, spout_vector=args.spout_vector,
+        optimizer=args.optimizer, use_bfloat16=args.use_bfloat16,
+        use_mixed_precision=args.use_mixed_precision, loss_scale=args.loss_scale,
+        clip_gradients=args.clip_gradients,
+        ignore_parameters=list(extra_frozen) or parse_frozen(args.ignore_parameters),
+        init_checkpoint=init_checkpoint, devices=devices, seed=args.seed,
+        progress=not args.no_progress)
+    trainer = train.Trainer(opts)
+    info = train.describe(trainer)
+    print("mesh %s on %s" % (devices.shape, ", ".join(devices.devices)), file=sys.stderr)
+    for key, value in info.items():
+        print("%s: %s" % (key, format(value, ",")), file=sys.stderr)
+    trainer.start()
+    if trainer.resumed_from:
+        print("resuming from %s (step %d)" % (trainer.resumed_from, trainer.step()),
+              file=sys.stderr)
+    summary = trainer.run()
+    trainer.close()
+    print(json.dumps(summary))
+    return 0

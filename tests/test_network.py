@@ -1,0 +1,307 @@
+"""The network against an independent NumPy forward pass, its masking and
+caching invariants, its mesh layouts, parameter counts and checkpoint checks.
+
+Weights are written by a plain tf.train.Saver over variables named and shaped
+as the model issue lists them (tests/numpy_gptsan.py), so these tests also pin
+the released checkpoint's names. Graphs are built once per module and reused.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import numpy_gptsan as ref
+from model import mesh as meshlib
+from model import network, params, runtime
+from model.cli import UserError
+from model.compat import mtf, tf
+
+BATCH = 2
+REFERENCE_ATOL = 1e-4
+# Mesh layouts and cache splits only reorder float32 sums; the issue's 1e-5 is
+# taken relative to the values' scale (these deliberately large weights give
+# logits near 14, where one float32 ulp is already 1e-6).
+SAME_COMPUTATION_RTOL = 1e-5
+# Routing within this margin could flip between float32 and float64.
+MIN_ROUTER_MARGIN = 1e-4
+
+CONFIGS = {
+    "switch_only": params.default_params(
+        num_contexts=32, num_switch_layers=2, num_ext_layers=0, num_hidden=32, num_header=4,
+        num_experts=4, num_vocabulary=101)["model_params"],
+    # C = 10 < 1 spout slot + 12 tokens, so the last positions are clipped to C - 1.
+    "ext_spout": params.default_params(
+        num_contexts=10, num_switch_layers=1, num_ext_layers=2, num_hidden=32, num_header=4,
+        num_experts=4, num_vocabulary=101, num_spout=8)["model_params"],
+}
+LENGTHS = {"switch_only": 8, "ext_spout": 12}
+SEEDS = {"switch_only": 11, "ext_spout": 12}
+
+RELEASED = params.default_params(
+    num_contexts=1280, num_switch_layers=10, num_ext_layers=0, num_hidden=1024, num_header=16,
+    num_experts=16, num_vocabulary=36000, num_pallarelizm=1)["model_params"]
+RELEASED_COUNT = 2776248480
+
+
+def has_spout(config):
+    return bool(CONFIGS[config].get("num_spout"))
+
+
+def write_checkpoint(weights, folder):
+    """A plain TF checkpoint (and its `checkpoint` file) holding `weights`."""
+    with tf.Graph().as_default():
+        variables = [tf.Variable(value, name=name) for name, value in weights.items()]
+        saver = tf.train.Saver(variables)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            return saver.save(session, os.path.join(folder, "model.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{config name: (model dir, weights as read back from the checkpoint)}."""
+    out = {}
+    for name, model_params in CONFIGS.items():
+        folder = str(tmp_path_factory.mktemp(name))
+        path = write_checkpoint(ref.random_weights(model_params, SEEDS[name]), folder)
+        out[name] = (folder, ref.load_weights(path, model_params))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built_forwards(checkpoints):
+    built = {}
+    yield built
+    for f in built.values():
+        f.close()
+
+
+def cpu_mesh(mesh):
+    """Logical CPU devices even where a GPU is visible: the same arithmetic on
+    every machine, and a 2x2 mesh needs no 4 GPUs."""
+    rows, cols = (int(n) for n in mesh.split("x"))
+    return runtime.Devices.local(mesh_shape=mesh, cpu_devices=rows * cols)
+
+
+@pytest.fixture
+def forward(checkpoints, built_forwards):
+    """forward(config, length, mesh, past_length) -> a restored runtime.Forward
+    (spout input when the config has one, pos_vector output always), built
+    once per module for each distinct request."""
+
+    def get(config, length=None, mesh="1x1", past_length=0):
+        length = length or LENGTHS[config]
+        key = (config, length, mesh, past_length)
+        if key not in built_forwards:
+            f = runtime.Forward(CONFIGS[config], BATCH, length, devices=cpu_mesh(mesh),
+                                with_spout=has_spout(config), with_pos_vector=True,
+                                past_length=past_length)
+            built_forwards[key] = f.restore(checkpoints[config][0])
+        return built_forwards[key]
+
+    return get
+
+
+def example(config, seed=0, length=None):
+    """Random tokens, plus a spout vector when the config has one."""
+    rng = np.random.default_rng(seed)
+    length = length or LENGTHS[config]
+    tokens = rng.integers(0, CONFIGS[config]["num_vocabulary"], (BATCH, length))
+    inputs = {"pos_index": np.zeros(BATCH, np.int32)}
+    if has_spout(config):
+        inputs["spout"] = rng.normal(0, 1, (BATCH, CONFIGS[config]["num_spout"]))
+    return tokens, inputs
+
+
+def reference(checkpoints, config, tokens, **inputs):
+    out = ref.forward(checkpoints[config][1], CONFIGS[config], tokens, **inputs)
+    assert out["router_margin"] > MIN_ROUTER_MARGIN, "test data routes a token on a near-tie"
+    return out
+
+
+def assert_close(actual, expected, atol):
+    err = np.abs(np.asarray(actual, np.float64) - expected).max()
+    assert err <= atol, "max abs error %.3g > %.3g" % (err, atol)
+
+
+def assert_same_computation(actual, expected):
+    """Equal up to float32 summation order."""
+    assert_close(actual, expected, SAME_COMPUTATION_RTOL * max(1.0, np.abs(expected).max()))
+
+
+# --- checkpoint names -------------------------------------------------------
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_graph_variables_are_the_issues_checkpoint_names(forward, config):
+    expected = {name: list(shape) for name, shape in ref.variable_shapes(CONFIGS[config]).items()}
+    assert forward(config).expected == expected
+
+
+# --- the NumPy reference ----------------------------------------------------
+
+@pytest.mark.parametrize("config,num_precontext", [
+    ("switch_only", [0, 0]),
+    ("switch_only", [3, 6]),
+    ("ext_spout", [0, 0]),
+    ("ext_spout", [5, 2]),
+])
+def test_logits_and_presents_match_numpy(forward, checkpoints, config, num_precontext):
+    tokens, inputs = example(config)
+    got = forward(config)(tokens, num_precontext=num_precontext, **inputs)
+    want = reference(checkpoints, config, tokens, num_precontext=num_precontext, **inputs)
+    assert got["logits"].shape == want["logits"].shape
+    assert_close(got["logits"], want["logits"], REFERENCE_ATOL)
+    assert_close(got["presents"], want["presents"], REFERENCE_ATOL)
+
+
+def test_spout_changes_the_logits(forward):
+    f = forward("ext_spout")
+    tokens, first = example("ext_spout", seed=1)
+    _, second = example("ext_spout", seed=2)
+    a, b = f(tokens, **first)["logits"], f(tokens, **second)["logits"]
+    assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_pos_vector_is_every_layers_hidden_state(forward, checkpoints, config):
+    z = ref.Sizes(CONFIGS[config])
+    tokens, inputs = example(config)
+    inputs["pos_index"] = np.array([LENGTHS[config] - 1, 2])
+    got = forward(config)(tokens, **inputs)["pos_vector"]
+    want = reference(checkpoints, config, tokens, **inputs)
+    assert got.shape == (BATCH, z.H * z.L)
+    assert_close(got, want["pos_vector"], REFERENCE_ATOL)
+
+
+# --- masking invariants -----------------------------------------------------
+
+def change_token(tokens, position, config):
+    changed = tokens.copy()
+    changed[:, position] = (changed[:, position] + 1) % CONFIGS[config]["num_vocabulary"]
+    return changed
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("position", [3, -1])
+def test_causal_later_tokens_never_change_earlier_logits(forward, config, position):
+    f, (tokens, inputs) = forward(config), example(config)
+    position %= LENGTHS[config]
+    before = f(tokens, **inputs)["logits"]
+    after = f(change_token(tokens, position, config), **inputs)["logits"]
+    assert_close(after[:, :position], before[:, :position], 1e-6)
+    assert np.abs(after[:, position:] - before[:, position:]).max() > 1e-3
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_prefix_is_bidirectional_and_blind_to_the_rest(forward, config):
+    f, (tokens, inputs), k = forward(config), example(config), 5
+    inputs["num_precontext"] = [k, k]
+    before = f(tokens, **inputs)["logits"]
+    inside = f(change_token(tokens, k - 1, config), **inputs)["logits"]
+    # Every earlier prefix position sees the last prefix token.
+    assert (np.abs(inside[:, :k - 1] - before[:, :k - 1]).max(axis=-1) > 1e-4).all()
+    for position in range(k, LENGTHS[config]):
+        after = f(change_token(tokens, position, config), **inputs)["logits"]
+        assert_close(after[:, :k], before[:, :k], 1e-6)
+
+
+# --- incremental decoding ---------------------------------------------------
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("num_precontext", [[0, 0], [3, 1]])
+def test_decoding_with_pasts_equals_the_full_pass(forward, config, num_precontext):
+    """The first call holds the prefix; the second continues from its presents
+    (given the same spout, if any)."""
+    first, length = 5, LENGTHS[config]
+    tokens, inputs = example(config)
+    full = forward(config)(tokens, num_precontext=num_precontext, **inputs)
+    head = forward(config, length=first)(tokens[:, :first], num_precontext=num_precontext,
+                                         **inputs)
+    tail = forward(config, length=length - first, past_length=first)(
+        tokens[:, first:], pasts=head["presents"], **inputs)
+    assert_same_computation(head["logits"], full["logits"][:, :first])
+    assert_same_computation(tail["logits"], full["logits"][:, first:])
+    assert_same_computation(tail["presents"], full["presents"][..., first:, :])
+
+
+# --- mesh layouts -----------------------------------------------------------
+
+@pytest.mark.parametrize("config,mesh", [
+    ("switch_only", "2x1"), ("switch_only", "1x2"), ("switch_only", "2x2"),
+    ("ext_spout", "2x2"),
+])
+def test_every_mesh_layout_gives_the_same_logits(forward, config, mesh):
+    tokens, inputs = example(config)
+    inputs["num_precontext"] = [2, 0]
+    one = forward(config)(tokens, **inputs)
+    split = forward(config, mesh=mesh)(tokens, **inputs)
+    for name in ("logits", "presents"):
+        assert_same_computation(split[name], one[name])
+
+
+# --- parameter counts -------------------------------------------------------
+
+SINGLE_DEVICE = dict(layout=meshlib.LAYOUT, mesh_shape=meshlib.mesh_shape(1, 1))
+
+
+def graph_parameter_count(model_params, config_kwargs=SINGLE_DEVICE):
+    """Sum of the trainable variable sizes a built mtf graph declares: no
+    lowering, no session, nothing allocated."""
+    with tf.Graph().as_default():
+        mtf_graph, mesh = meshlib.new_mesh()
+        cfg = network.Config(model_params, **config_kwargs)
+        batch, length = mtf.Dimension("batch", 1), mtf.Dimension("length", 4)
+        inputs = {}
+        if model_params.get("num_spout"):
+            inputs["spout"] = mtf.zeros(mesh, [batch, cfg.dims.spout])
+        network.model(mtf.zeros(mesh, [batch, length], tf.int32), cfg, **inputs)
+        return sum(v.shape.size for v in mtf_graph.trainable_variables)
+
+
+def released(**overrides):
+    return dict(RELEASED, **overrides)
+
+
+@pytest.mark.parametrize("model_params,count", [
+    (released(), RELEASED_COUNT),
+    (released(num_spout=128), RELEASED_COUNT + 8 * 128 ** 2 + 128 * 10 * 2 * 1024),
+])
+def test_released_parameter_count(model_params, count):
+    assert ref.parameter_count(model_params) == count
+    assert network.count_parameters(model_params) == count
+    assert graph_parameter_count(model_params) == count
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_small_parameter_counts_agree(config):
+    count = ref.parameter_count(CONFIGS[config])
+    assert network.count_parameters(CONFIGS[config]) == count
+    assert graph_parameter_count(CONFIGS[config]) == count
+
+
+def test_config_defaults_build_a_switch_layer():
+    """network.Config(params) alone, without a layout or mesh shape, describes
+    one unsplit device and must build (the moe layer reads both)."""
+    count = ref.parameter_count(CONFIGS["switch_only"])
+    assert graph_parameter_count(CONFIGS["switch_only"], config_kwargs={}) == count
+
+
+# --- checkpoint mismatches --------------------------------------------------
+
+def test_checkpoint_with_other_shapes_names_the_variable(forward, tmp_path):
+    other_vocab = dict(CONFIGS["switch_only"], num_vocabulary=97)
+    write_checkpoint(ref.random_weights(other_vocab, seed=0), str(tmp_path))
+    with pytest.raises(UserError, match="model/w(te|ob)"):
+        forward("switch_only").restore(str(tmp_path))
+
+
+def test_checkpoint_missing_a_variable_names_it(forward, checkpoints):
+    # The switch-only checkpoint lacks the extension layers and the spout.
+    with pytest.raises(UserError, match="has no variable (model|pasts)/"):
+        forward("ext_spout").restore(checkpoints["switch_only"][0])
+
+
+def test_directory_without_checkpoint_file_is_a_user_error(forward, tmp_path):
+    (tmp_path / "parameters.json").write_text("{}")
+    with pytest.raises(UserError, match="no 'checkpoint' file"):
+        forward("switch_only").restore(str(tmp_path))

@@ -1,0 +1,188 @@
+"""The shared training loop: learning, resume, signals, frozen variables,
+mesh layouts, float16 overflow handling, and a two-process cluster."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from model import params as params_lib
+from model.compat import tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+C, V = 16, 40
+
+
+def write_records(path, n=64, seed=0, period=4):
+    """Sequences that follow a learnable rule: token t+1 = (token t + 1) mod period + 2."""
+    rng = np.random.RandomState(seed)
+    with tf.io.TFRecordWriter(path) as w:
+        for k in range(n):
+            start = rng.randint(period)
+            x = (start + np.arange(C)) % period + 2
+            y = np.append(x[1:], -1)
+            feature = {"x": x, "y": y, "num_input": [k % 3], "i": [k % 2]}
+            ex = tf.train.Example(features=tf.train.Features(feature={
+                key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(map(int, v))))
+                for key, v in feature.items()}))
+            w.write(ex.SerializeToString())
+    return path
+
+
+def tiny_params(output_dir="", **model):
+    p = params_lib.default_params(num_vocabulary=V, num_contexts=C, num_switch_layers=2,
+                                  num_hidden=16, num_header=2, num_experts=4, **model)
+    p["train_params"].update(output_dir=output_dir, batch_size=4, base_lr=1e-2,
+                             num_warmup_steps=2, checkpoint_per_steps=1000)
+    return p
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    d = tmp_path_factory.mktemp("records")
+    write_records(str(d / "a.tfrecord"))
+    return str(d / "*.tfrecord")
+
+
+def make_trainer(records, out, steps, mesh="1x1", **kw):
+    from model import runtime, train
+    kw.setdefault("router_jitter", 0.0)
+    opts = train.TrainOptions(params=kw.pop("params", tiny_params(str(out))), input_files=records,
+                              output_dir=str(out), max_training_step=steps,
+                              devices=runtime.Devices.local(mesh_shape=mesh), progress=False,
+                              log_every=0, **kw)
+    return train.Trainer(opts).start()
+
+
+def checkpoint_tensors(out):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out)))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def test_loss_falls_and_resume_continues_with_identical_weights(records, tmp_path):
+    trainer = make_trainer(records, tmp_path, 40)
+    summary = trainer.run()
+    trainer.close()
+    first, last = np.mean(summary["losses"][:5]), np.mean(summary["losses"][-5:])
+    assert last < first - 1.0, (first, last)   # log(40)=3.7 at start; the rule is learnable
+    saved = checkpoint_tensors(tmp_path)
+    assert saved["global_step"] == 40
+
+    resumed = make_trainer(records, tmp_path, 40)
+    assert resumed.step() == 40 and resumed.resumed_from.endswith("model.ckpt-40")
+    resumed.session.run(resumed.copy_to_masters)
+    with resumed.graph.as_default():
+        now = {v.op.name: v for v in tf.global_variables()}
+    for name in ("model/wte", "model/moe1/wi/kernel", "model/wte/adam_m", "model/ln0/g"):
+        np.testing.assert_array_equal(resumed.session.run(now[name]), saved[name])
+    resumed.opts.max_training_step = 42
+    assert resumed.run()["step"] == 42
+    resumed.close()
+    with open(tmp_path / "parameters.json") as f:
+        assert json.load(f)["model_params"]["num_contexts"] == C
+
+
+def test_frozen_variables_are_bit_identical_and_have_no_slots(records, tmp_path):
+    frozen = ["model/wte", "model/moe0/wi/kernel", "model/an1/g"]
+    start = make_trainer(records, tmp_path / "init", 0)
+    start.save()
+    start.close()
+    before = checkpoint_tensors(tmp_path / "init")
+    trainer = make_trainer(records, tmp_path / "run", 5, ignore_parameters=frozen,
+                           init_checkpoint=str(tmp_path / "init"))
+    assert set(frozen) <= set(trainer.frozen_names)
+    trainer.run()
+    trainer.close()
+    after = checkpoint_tensors(tmp_path / "run")
+    for name in frozen:
+        np.testing.assert_array_equal(after[name], before[name])
+        assert name + "/adam_m" not in after and name + "/adam_v" not in after
+    assert not np.array_equal(after["model/wpe"], before["model/wpe"])
+    assert "model/wpe/adam_m" in after
+
+
+def test_unknown_frozen_name_is_a_user_error(records, tmp_path):
+    from model.cli import UserError
+    with pytest.raises(UserError, match="model/nope"):
+        make_trainer(records, tmp_path, 1, ignore_parameters=["model/nope"])
+
+
+def test_2x2_mesh_matches_1x1_for_the_first_steps(records, tmp_path):
+    params = tiny_params()
+    params["train_params"]["base_lr"] = 1e-4
+    losses = {}
+    for mesh in ("1x1", "2x2"):
+        t = make_trainer(records, tmp_path / mesh, 3, mesh=mesh, params=json.loads(json.dumps(params)))
+        losses[mesh] = t.run()["losses"]
+        t.close()
+    np.testing.assert_allclose(losses["1x1"], losses["2x2"], atol=1e-4)
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale(records, tmp_path):
+    trainer = make_trainer(records, tmp_path, 1, use_mixed_precision=True, loss_scale=1e30)
+    with trainer.graph.as_default():
+        wte = [v for v in tf.global_variables() if v.op.name == "model/wte"][0]
+    trainer.session.run(trainer.copy_to_masters)
+    before = trainer.session.run(wte)
+    trainer.session.run(trainer.train_op)
+    trainer.session.run(trainer.copy_to_masters)
+    np.testing.assert_array_equal(trainer.session.run(wte), before)
+    assert trainer.session.run(trainer.loss_scale) == pytest.approx(5e29)
+    trainer.close()
+
+
+def run_training_cmd(records, out, steps, *extra, checkpoint_per_steps=1000):
+    params_file = str(out.parent / (out.name + "-params.json"))
+    params = tiny_params(str(out))
+    params["train_params"]["checkpoint_per_steps"] = checkpoint_per_steps
+    params_lib.save(params, params_file)
+    return [PY, os.path.join(REPO, "run_training.py"), "--parameter_file", params_file,
+            "--input_files", records, "--max_training_step", str(steps), "--no_progress",
+            *extra]
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_0(records, tmp_path):
+    out = tmp_path / "run"
+    # checkpoints every 5 steps: the first one proves training is under way
+    proc = subprocess.Popen(run_training_cmd(records, out, 10 ** 6, checkpoint_per_steps=5),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoint").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["interrupted"] and summary["step"] >= 5
+    saved = checkpoint_tensors(out)
+    assert saved["global_step"] == summary["step"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_on_localhost_trains_a_step(records, tmp_path):
+    hosts = "127.0.0.1:%d,127.0.0.1:%d" % (free_port(), free_port())
+    out = tmp_path / "cluster"
+    base = run_training_cmd(records, out, 2, "--worker_hosts", hosts)
+    worker = subprocess.Popen(base + ["--task_index", "1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        chief = subprocess.run(base + ["--task_index", "0"], capture_output=True, text=True,
+                               timeout=300)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert chief.returncode == 0, chief.stderr[-2000:]
+    assert "/job:worker/task:1" in chief.stderr
+    assert json.loads(chief.stdout.strip().splitlines()[-1])["step"] == 2
