@@ -1,0 +1,45 @@
+"""Shared by the benchmarks: the result table and the machine description."""
+import os
+import platform
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%d cores, %s, Python %s" % (os.cpu_count() or 0, cpu, platform.python_version())
+
+
+def fmt(value):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "%.3g" % value if abs(value) < 1000 else "{:,.0f}".format(value)
+    return str(value)
+
+
+def markdown_table(rows, machine_text=None):
+    machine_text = machine_text or machine()
+    lines = ["| what | ours | baseline | ratio | unit | machine |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "%.1fx" % r["ratio"] if r.get("ratio") else "—"
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            r["what"], fmt(r["ours"]), fmt(r.get("baseline")), ratio, r.get("unit", ""),
+            machine_text))
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows):
+    print(markdown_table(rows))
