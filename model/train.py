@@ -28,6 +28,7 @@ class TrainOptions:
     input_files: str                   # comma-separated globs of TFRecord shards
     output_dir: str
     max_training_step: int = 100000
+    max_seconds: float = 0.0           # stop (and save) after this much training time; 0: no limit
     spout_vector: str = "none"
     optimizer: str = "adam"
     use_bfloat16: bool = False
@@ -261,6 +262,8 @@ class Trainer:
         t0 = time.time()
         try:
             while step < o.max_training_step and not stop.requested:
+                if o.max_seconds and time.time() - t0 > o.max_seconds:
+                    break
                 fetch = [self.train_op, self.loss, self.aux_loss, self.learning_rate]
                 want_summary = writer is not None and step % o.log_every == 0
                 if want_summary:

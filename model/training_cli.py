@@ -19,6 +19,9 @@ def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.p
                    help="spout input: none, a uniform random vector, or one-hot of the "
                         "record's class id")
     p.add_argument("--max_training_step", type=int, default=100000)
+    p.add_argument("--max_minutes", type=float, default=0.0,
+                   help="stop and save after this many minutes of training (0: no limit); "
+                        "re-running resumes")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adafactor"])
     p.add_argument("--use_bfloat16", action="store_true",
                    help="bfloat16 activations, float32 master weights")
@@ -81,7 +84,8 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
         return 0
     opts = train.TrainOptions(
         params=params, input_files=args.input_files, output_dir=output_dir,
-        max_training_step=args.max_training_step, spout_vector=args.spout_vector,
+        max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
+        spout_vector=args.spout_vector,
         optimizer=args.optimizer, use_bfloat16=args.use_bfloat16,
         use_mixed_precision=args.use_mixed_precision, loss_scale=args.loss_scale,
         clip_gradients=args.clip_gradients,
