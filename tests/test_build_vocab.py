@@ -1,0 +1,396 @@
+"""tools/build_vocab.py: a tiny corpus and a tiny fake unicode-data folder.
+
+Expected values come from the issue (tail layout, folding examples) and from
+the encoder's rule (lowest id among the 1-3 character prefixes), not from
+recorded output. The committed ja-swe36k.txt / emoji.json are checked too.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import unicodedata
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+TOOL = os.path.join(REPO, "tools", "build_vocab.py")
+sys.path.insert(0, REPO)
+
+from tools import build_vocab  # noqa: E402
+
+SIZE = 4600  # small, above the fixed part (core characters, enclosed-form units, tail)
+
+# The released tail, written out from the issue text.
+EXPECTED_TAIL = (["<BR>", "<SP>", "<TAB>", "<URL>", "<EMAIL>", "<TEL>", "<DATE>", "<PRICE>",
+                  "<BLOCK>", "<KIGOU>", "<U2000U2BFF>"]
+                 + ["<|emoji%d|>" % n for n in range(1, 13)]
+                 + ["<|byte%d|>" % n for n in range(255)]
+                 + ["<|startoftext|>", "<|inputmask|>", "<|separator|>", "<|nottoken|>",
+                    "<|bagoftoken|>", "<|segmenter|>", "<|endoftext|>"])
+
+UNIHAN_VARIANTS = """\
+# fake Unihan_Variants.txt
+U+4F1A\tkTraditionalVariant\tU+4F1A U+6703
+U+5B66\tkTraditionalVariant\tU+5B78
+U+56FD\tkTraditionalVariant\tU+570B
+U+540E\tkTraditionalVariant\tU+540E U+5F8C
+U+91CC\tkTraditionalVariant\tU+88E1 U+91CC
+U+88CF\tkSemanticVariant\tU+88E1<kHKGlyph,kLau
+U+6765\tkTraditionalVariant\tU+4F86
+U+4F86\tkSpecializedSemanticVariant\tU+8012<kMeyerWempe
+U+FA11\tkSemanticVariant\tU+57FC U+5D0E<kMorohashi:Z
+U+9084\tkSimplifiedVariant\tU+8FD8
+U+6176\tkSemanticVariant\tU+5E86
+"""
+UNIHAN_OTHER = """\
+# fake Unihan_OtherMappings.txt: Joyo kanji used below, one Jinmeiyo old form
+U+4F1A\tkJoyoKanji\t2010
+U+5B66\tkJoyoKanji\t2010
+U+56FD\tkJoyoKanji\t2010
+U+540E\tkJoyoKanji\t2010
+U+5F8C\tkJoyoKanji\t2010
+U+91CC\tkJoyoKanji\t2010
+U+88CF\tkJoyoKanji\t2010
+U+6765\tkJoyoKanji\t2010
+U+5FDC\tkJoyoKanji\t2010
+U+57FC\tkJoyoKanji\t2010
+U+5D0E\tkJoyoKanji\t2010
+U+6176\tkJoyoKanji\t2010
+U+5265\tkJoyoKanji\tU+525D
+U+61C9\tkJinmeiyoKanji\t2010:U+5FDC
+U+61C9\tkJis0\t1234
+"""
+UNIHAN_IRG = "U+F91F\tkCompatibilityVariant\tU+862D\nU+F91F\tkIRG_KSource\tK0-6A50\n"
+RADICALS = "2ED1       ; 9577  #     CJK RADICAL LONG ONE\n"
+# One fully-qualified emoji per class, a ZWJ sequence and an unqualified line.
+EMOJI_TEST = """\
+# group: Smileys & Emotion
+# subgroup: face-smiling
+1F600 ; fully-qualified # 😀 grinning face
+# subgroup: face-affection
+1F970 ; fully-qualified # 🥰 smiling face with hearts
+# subgroup: face-unwell
+1F637 ; fully-qualified # 😷 face with medical mask
+# group: People & Body
+# subgroup: hand-fingers-open
+1F44B ; fully-qualified # 👋 waving hand
+# subgroup: family
+1F468 200D 1F469 200D 1F467 ; fully-qualified # 👨‍👩‍👧 family
+# subgroup: person
+1F468 ; fully-qualified # 👨 man
+1F469 ; fully-qualified # 👩 woman
+# group: Animals & Nature
+# subgroup: animal-mammal
+1F435 ; fully-qualified # 🐵 monkey face
+# group: Food & Drink
+# subgroup: food-fruit
+1F347 ; fully-qualified # 🍇 grapes
+# group: Travel & Places
+# subgroup: place-map
+1F30D ; fully-qualified # 🌍 globe
+# subgroup: sky & weather
+2668 ; fully-qualified # ♨ hot springs (made single-code-point for this test)
+# group: Activities
+# subgroup: event
+1F383 ; fully-qualified # 🎃 jack-o-lantern
+# group: Objects
+# subgroup: clothing
+1F453 ; fully-qualified # 👓 glasses
+# group: Symbols
+# subgroup: warning
+26A0 FE0F ; fully-qualified # ⚠️ warning
+26A0 ; unqualified # ⚠ warning
+# group: Flags
+# subgroup: flag
+1F3C1 ; fully-qualified # 🏁 chequered flag
+"""
+EXPECTED_EMOJI_CLASS = {"😀": 1, "😷": 2, "🎃": 3, "🐵": 4, "🏁": 5, "🍇": 6, "👓": 7, "👋": 8,
+                        "👨‍👩‍👧": 8, "👨": 8, "👩": 8, "🥰": 9, "⚠️": 10, "🌍": 11, "♨": 12}
+
+CORPUS = {
+    "a.txt": "これは會社の設定ファイルです。設定ファイルを読み込みます。\n"
+             "學校で國語を勉強しています。慶應の先生が來ました。\n\n\n"
+             "ｶﾞｲﾄﾞを読んでください。ガイドの設定を確認します。\n" * 20,
+    "b.txt": "コマンドを実行すると、設定ファイルが作成されます。\n"
+             "config file options are listed here.\n" * 20,
+    "heldout.txt": "この文書は使われません。\n",
+}
+
+
+def fold_by_hand(text):
+    """The test corpus with its variants folded: NFKC (half width) and its kyūjitai."""
+    return unicodedata.normalize("NFKC", text).translate(str.maketrans("會學國應來", "会学国応来"))
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+@pytest.fixture(scope="module")
+def fake_unicode_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("unicode"))
+    write(os.path.join(root, "Unihan_Variants.txt"), UNIHAN_VARIANTS)
+    write(os.path.join(root, "Unihan_OtherMappings.txt"), UNIHAN_OTHER)
+    write(os.path.join(root, "Unihan_IRGSources.txt"), UNIHAN_IRG)
+    write(os.path.join(root, "EquivalentUnifiedIdeograph.txt"), RADICALS)
+    write(os.path.join(root, "emoji", "emoji-test.txt"), EMOJI_TEST)
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("corpus"))
+    for name, text in CORPUS.items():
+        write(os.path.join(root, name), text)
+    return root
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, TOOL] + list(args), capture_output=True,
+                          text=True, timeout=300)
+
+
+def tool_args(corpus_dir, unicode_dir, out_dir, size=SIZE):
+    return ["--corpus", corpus_dir, "--exclude", "heldout", "--size", str(size),
+            "--unicode_dir", unicode_dir, "--output", os.path.join(out_dir, "vocab.txt"),
+            "--emoji_output", os.path.join(out_dir, "emoji.json")]
+
+
+@pytest.fixture(scope="module")
+def built(corpus_dir, fake_unicode_dir, tmp_path_factory):
+    """The tool's outputs from the command line: (vocabulary path, emoji path, raw text)."""
+    out = str(tmp_path_factory.mktemp("built"))
+    result = run_tool(*tool_args(corpus_dir, fake_unicode_dir, out))
+    assert result.returncode == 0, result.stderr
+    vocab, emoji = os.path.join(out, "vocab.txt"), os.path.join(out, "emoji.json")
+    with open(vocab, encoding="utf-8") as f:
+        return vocab, emoji, f.read()
+
+
+def spellings_of(text):
+    return [[line] if line == "," else line.split(",") for line in text.split("\n")]
+
+
+def line_of_spelling(text):
+    found = {}
+    for number, spellings in enumerate(spellings_of(text)):
+        for s in spellings:
+            assert s not in found, "%r is on lines %d and %d" % (s, found[s], number)
+            found[s] = number
+    return found
+
+
+def canonical(text, spelling):
+    lines = spellings_of(text)
+    return lines[line_of_spelling(text)[spelling]][0]
+
+
+def assert_well_formed(text, size):
+    assert not text.endswith("\n")
+    lines = text.split("\n")
+    assert len(lines) == size
+    assert lines[-len(EXPECTED_TAIL):] == EXPECTED_TAIL
+    ids = line_of_spelling(text)  # also asserts that no spelling is on two lines
+    body = spellings_of(text)[:-len(EXPECTED_TAIL)]
+    assert all(s for line in body for s in line), "empty spelling"
+    assert "," in ids and "<" in ids, "the comma and '<' must stay encodable"
+    for line in body:
+        for s in line:
+            assert len(s) <= 3, s
+            assert s == "<" or not s.startswith("<"), s
+    # The encoder takes the lowest id among the 1-3 character prefixes at a position,
+    # so a spelling whose proper prefix has a lower id could never be chosen.
+    for s, number in ids.items():
+        if not s.startswith("<"):
+            shadowing = [s[:k] for k in range(1, len(s)) if ids.get(s[:k], size) < number]
+            assert not shadowing, "%r (line %d) is shadowed by %r" % (s, number, shadowing)
+
+
+# ------------------------------------------------------------------ the tool
+
+
+def test_builds_well_formed_vocabulary_of_requested_size(built):
+    assert_well_formed(built[2], SIZE)
+
+
+def test_units_come_from_the_corpus_and_read_longest_first(built):
+    ids = line_of_spelling(built[2])
+    assert "設定" in ids and ids["設定"] < ids["設"]
+    corpus = "".join(CORPUS[name] for name in ("a.txt", "b.txt"))
+    units = [line[0] for line in spellings_of(built[2]) if 1 < len(line[0]) and line[0][0] != "<"]
+    enclosed_targets = {unicodedata.normalize("NFKC", chr(c)).strip("()") for c in
+                        list(range(0x2460, 0x2500)) + list(range(0x3200, 0x3400))
+                        + list(range(0x1F100, 0x1F300))}
+    for unit in units:
+        if unit in enclosed_targets:
+            continue  # targets of enclosed forms (⒉ -> 2., ㍻ -> 平成) are units by rule
+        assert unit in fold_by_hand(corpus), unit
+        # no unit crosses from hiragana into kanji or katakana, or past 。 and 、
+        assert not re.search("[ぁ-ゖ][一-龥ァ-ヺ]|[。、].", unit), unit
+
+
+def test_encode_swe_loads_it_and_round_trips(built):
+    encode_swe = pytest.importorskip("encode_swe", reason="encode_swe.py (Part 1) not importable")
+    encoder = encode_swe.SWEEncoder(built[0], built[1])
+    text = "設定ファイルを読み込みます。\nconfig file"
+    assert encoder.decode(encoder.encode(text)) == text
+    ids = line_of_spelling(built[2])
+    assert encoder.encode("設定")[0] == ids["設定"]
+
+
+def test_variant_folding_rules(built):
+    text = built[2]
+    expected = {"⽇": "日", "㈱": "株", "①": "1", "⒉": "2.", "ゐ": "い", "ゑ": "え",
+                "ｶ": "カ", "ｶﾞ": "ガ", "か゛": "が", "か\u3099": "が",
+                "會": "会", "學": "学", "國": "国", "應": "応",   # kyūjitai -> shinjitai
+                "﨑": "崎",  # a semantic variant marked :Z beats the plain semantic link to 埼
+                "裡": "裏",  # the semantic link wins over 里's Chinese simplification
+                "还": "還", "⻑": "長", "\uf91f": "\u862d"}
+    for variant, line in expected.items():
+        assert canonical(text, variant) == line, variant
+    ids = line_of_spelling(text)
+    assert ids["後"] != ids["后"], "two Joyo kanji must stay distinct"
+    assert ids["裏"] != ids["里"]
+    assert "耒" not in spellings_of(text)[ids["来"]], "a weak link never merges two JIS kanji"
+    assert canonical(text, "來") == "来"
+
+
+def test_unit_lines_list_products_of_variants(built):
+    text = built[2]
+    ids = line_of_spelling(text)
+    if "設定" in ids:
+        assert canonical(text, "設定") == "設定"
+    assert "ﾌｧｲ" in ids and canonical(text, "ﾌｧｲ") == "ファイ"
+    assert "ファｲ" not in ids, "half-width spellings are never mixed with full width"
+    if "慶應" in ids or "慶応" in ids:
+        assert ids["慶應"] == ids["慶応"]
+
+
+def test_emoji_table(built):
+    with open(built[1], encoding="utf-8") as f:
+        table = json.load(f)
+    emoji = table["emoji"]
+    assert {k: int(v[7:-2]) for k, v in emoji.items()} == EXPECTED_EMOJI_CLASS
+    keys = list(emoji)
+    assert keys.index("👨‍👩‍👧") < keys.index("👨"), "sequences are replaced before their parts"
+    assert "⚠" not in emoji, "only fully-qualified emoji"
+    assert table["emoji_inv"] == {"<|emoji%d|>" % n: rep for n, rep in enumerate(
+        ["😀", "😷", "🎃", "🐵", "🏁", "🍇", "👓", "👋", "🥰", "⚠️", "🌍", "♨"], 1)}
+    assert "♨" not in line_of_spelling(built[2]), "the encoder replaces emoji before matching"
+
+
+def test_output_is_deterministic(built, corpus_dir, fake_unicode_dir, tmp_path):
+    result = run_tool(*tool_args(corpus_dir, fake_unicode_dir, str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "vocab.txt", encoding="utf-8") as f:
+        assert f.read() == built[2]
+    with open(tmp_path / "emoji.json", "rb") as a, open(built[1], "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_refuses_to_overwrite_without_force(corpus_dir, fake_unicode_dir, tmp_path):
+    (tmp_path / "vocab.txt").write_text("keep me", encoding="utf-8")
+    result = run_tool(*tool_args(corpus_dir, fake_unicode_dir, str(tmp_path)))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "--force" in result.stderr
+    assert (tmp_path / "vocab.txt").read_text(encoding="utf-8") == "keep me"
+    assert not (tmp_path / "emoji.json").exists()
+
+
+def test_missing_unicode_data_says_how_to_install(corpus_dir, tmp_path):
+    result = run_tool(*tool_args(corpus_dir, str(tmp_path / "nothing"), str(tmp_path)))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "apt-get install unicode-data" in result.stderr
+
+
+def test_size_below_fixed_part_is_a_user_error(corpus_dir, fake_unicode_dir, tmp_path):
+    result = run_tool(*tool_args(corpus_dir, fake_unicode_dir, str(tmp_path), size=1000))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "--size" in result.stderr
+
+
+def test_unknown_exclude_is_a_user_error(corpus_dir, fake_unicode_dir, tmp_path):
+    args = tool_args(corpus_dir, fake_unicode_dir, str(tmp_path))
+    args[args.index("heldout")] = "no-such-shard"
+    result = run_tool(*args)
+    assert result.returncode == 2 and "no-such-shard" in result.stderr
+
+
+def test_help_is_fast_and_lists_standard_sizes():
+    start = time.monotonic()
+    result = run_tool("--help")
+    assert result.returncode == 0 and time.monotonic() - start < 10
+    for size in ("8000", "16000", "24000", "32000", "36000"):
+        assert size in result.stdout
+
+
+def test_check_vocabulary_rejects_a_shadowed_unit():
+    body = ["ab", "a", "b", "abc"]  # abc (id 3) can never win over ab (id 0)
+    with pytest.raises(ValueError, match="shadowed"):
+        build_vocab.check_vocabulary(body + EXPECTED_TAIL, len(body) + len(EXPECTED_TAIL))
+    build_vocab.check_vocabulary(["abc", "ab", "a", "b", "c"] + EXPECTED_TAIL,
+                                 5 + len(EXPECTED_TAIL))
+
+
+# ------------------------------------------------------------------ committed files
+
+COMMITTED = os.path.join(REPO, "ja-swe36k.txt"), os.path.join(REPO, "emoji.json")
+
+
+def test_committed_vocabulary_is_well_formed():
+    if not os.path.isfile(COMMITTED[0]):
+        pytest.skip("ja-swe36k.txt is not built yet")
+    with open(COMMITTED[0], encoding="utf-8") as f:
+        assert_well_formed(f.read(), 36000)
+    with open(COMMITTED[1], encoding="utf-8") as f:
+        table = json.load(f)
+    assert sorted(table["emoji_inv"]) == sorted("<|emoji%d|>" % n for n in range(1, 13))
+    assert set(table["emoji"].values()) == set(table["emoji_inv"])
+
+
+@pytest.mark.slow
+def test_committed_files_rebuild_byte_for_byte(tmp_path):
+    corpus = os.path.join(SHARED, "corpus", "ja-docs-train")
+    if not os.path.isdir(corpus):
+        pytest.skip("../shared/corpus/ja-docs-train is absent (CI puts shared/ beside the repo)")
+    if not os.path.isfile("/usr/share/unicode/Unihan_Variants.txt.bz2"):
+        pytest.skip("Debian unicode-data is not installed (apt-get install unicode-data)")
+    result = run_tool("--corpus", corpus, "--exclude", "debian-reference-ja", "--size", "36000",
+                      "--output", str(tmp_path / "v.txt"),
+                      "--emoji_output", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr
+    for built_file, committed in zip(("v.txt", "e.json"), COMMITTED):
+        with open(tmp_path / built_file, "rb") as a, open(committed, "rb") as b:
+            assert a.read() == b.read(), committed
+
+
+# ------------------------------------------------------------------ bench/vocab_compare.py
+
+def test_reference_encoder_matches_released_golden_cases():
+    golden = os.path.join(SHARED, "reference", "tokenizer_golden.jsonl")
+    if not os.path.isfile(golden):
+        pytest.skip("../shared/reference is absent (CI puts shared/ beside the repo)")
+    from bench.vocab_compare import RELEASED, ReferenceEncoder
+    encoder = ReferenceEncoder(*RELEASED)
+    with open(golden, encoding="utf-8") as f:
+        cases = [json.loads(line) for line in f if line.strip()]
+    plain = [c for c in cases if not c["clean"]]
+    assert plain
+    for case in plain:
+        assert encoder.encode(case["text"]) == case["ids"], case["text"]
+
+
+def test_dead_lines_and_byte_fallback_counts():
+    from bench.vocab_compare import byte_fallback_characters, dead_lines
+    lines = [["ab"], ["a"], ["b"], ["abc"], ["c", "x"], ["cx"]] + [[t] for t in EXPECTED_TAIL]
+    # abc (line 3) loses to its prefix ab (line 0), cx (line 5) to c (line 4)
+    assert dead_lines(lines) == 2
+    byte = {int(t[6:-2]): i for i, t in enumerate(EXPECTED_TAIL, 6) if t.startswith("<|byte")}
+    ids = [0] + [byte[b] for b in "é".encode()] + [1] + [byte[b] for b in "漢字".encode()]
+    assert byte_fallback_characters(ids, lines) == 3

@@ -1,0 +1,985 @@
+#!/usr/bin/env python3
+"""Build this project's own SWE vocabulary (ja-swe36k.txt) and emoji table (emoji.json).
+
+The committed files are rebuilt byte for byte (Python 3.11, Debian 12
+`unicode-data` 15.0.0-1) by
+
+    python tools/build_vocab.py --corpus ../shared/corpus/ja-docs-train \\
+        --exclude debian-reference-ja --size 36000 \\
+        --output ja-swe36k.txt --emoji_output emoji.json --force
+
+`--corpus data/corpus` (what tools/get_corpus.py writes) holds the same package
+shards. debian-reference-ja is held out: bench/vocab_compare.py measures the
+vocabulary on it, so it must not be used for building.
+
+Output format (the released GPTSAN layout): line number = token id, no trailing
+newline; a line with commas lists spellings that share the id, canonical first
+(the one decode emits); a line that is exactly "," is the comma token. The last
+285 ids are <BR> <SP> <TAB> <URL> <EMAIL> <TEL> <DATE> <PRICE> <BLOCK> <KIGOU>
+<U2000U2BFF>, <|emoji1|>..<|emoji12|>, <|byte0|>..<|byte254|>, then
+<|startoftext|> <|inputmask|> <|separator|> <|nottoken|> <|bagoftoken|>
+<|segmenter|> <|endoftext|>.
+
+Characters. Core (always present): printable ASCII, JIS X 0208 non-kanji rows
+and level-1 kanji, the Joyo kanji, full-width forms and CJK/general
+punctuation. Optional, ranked by corpus count, then JIS X 0208 level 2 before
+JIS X 0213 additions before other characters seen >= 3 times in the corpus,
+then code point: added while characters hold less than half of the ids before
+the tail. Never entries: spaces, tabs and line breaks, control characters, "—"
+and "−" (the encoder rewrites all of these first), and single-code-point
+emoji (the encoder replaces them before matching).
+
+Variant spellings (異体字) share their canonical character's line:
+  * ideographs are grouped through Unicode data, strongest link first: NFKC of
+    Kangxi radicals and CJK compatibility ideographs, EquivalentUnifiedIdeograph
+    (CJK radicals: ⻑ -> 長) and kCompatibilityVariant; the kJinmeiyoKanji
+    old-form pointers ("2010:U+5FDC": 應 -> 応, which kTraditionalVariant does
+    not give); kZVariant (and kSemanticVariant entries a dictionary marks ":Z",
+    崎/﨑); kSemanticVariant; kTraditionalVariant only where the simplified form
+    is a Joyo kanji and the traditional one is not (會 -> 会, 學 -> 学, 國 -> 国,
+    while 後/后 and 裏/里 stay apart); then kSpecializedSemanticVariant and
+    kSimplifiedVariant, which only attach characters outside the character set
+    (还 -> 還) and never merge two that Japanese text uses (来/耒). A group never
+    holds two Joyo kanji, and two groups that both hold vocabulary characters
+    join only through a direct link between two of them (no chains through rare
+    code points). The canonical form is the Joyo member, else the lowest tier,
+    else the most frequent in the corpus. Known limit of the data: Unihan links
+    some Chinese mergers the same way as kyūjitai (麵 joins 面, 瀋 joins 沈) and
+    lacks many Japanese pairs (総/總, 犠/犧);
+  * ゐ ゑ ヰ ヱ -> い え イ エ; half-width katakana and punctuation -> full width
+    (NFKC; ﾞ ﾟ -> ゛ ゜); kana + sound mark (spacing or combining) -> the
+    composed kana (か゛ -> が, ｶﾞ -> ガ);
+  * enclosed, parenthesised and squared forms -> NFKC without the outer
+    parentheses (㈱ -> 株, ① -> 1, ⒉ -> 2., ㍻ -> 平成); a target of two or
+    three characters is always a unit line.
+A unit lists the product of its characters' glyph variants (Unihan groups and
+historical kana; 慶應 on the 慶応 line), fewest substitutions first, at most
+MAX_SPELLINGS_PER_UNIT, plus its all-half-width spelling when every character
+has one (ﾌｧｲ; never the mixed ファｲ).
+
+Units (2-3 characters) and ids. The encoder looks at the 1-, 2- and
+3-character prefixes of the text at each position and takes the LOWEST id, so
+a unit helps only if its id is below the ids of its prefixes (in the released
+vocabulary 12,366 lines can never be chosen: ている loses to てい). Every unit is
+therefore placed before every single character, and a 3-character unit before
+its 2-character prefix, so the encoder does greedy longest match. A unit stays
+inside one script (kanji, hiragana, katakana, ASCII letters and digits, ASCII
+symbols), except that kanji may be followed by hiragana (使用し): する場 or
+ルの, which cross a word boundary, are never units. Units start as the most
+frequent such substrings of the folded corpus (count x characters saved), then
+REFINE_PASSES rounds segment the corpus by longest match and re-rank them by
+the tokens they actually save. Units are ordered by how often that
+segmentation uses them, a 3-character unit pulled up to sit just before its
+prefix; characters by corpus count. Ties break on the spelling, so the same
+inputs give byte-identical files.
+"""
+import bz2
+import collections
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model import cli  # noqa: E402
+
+STANDARD_SIZES = (8000, 16000, 24000, 32000, 36000)
+TAG_TOKENS = ("<BR>", "<SP>", "<TAB>", "<URL>", "<EMAIL>", "<TEL>", "<DATE>", "<PRICE>",
+              "<BLOCK>", "<KIGOU>", "<U2000U2BFF>")
+EMOJI_CLASS_COUNT = 12
+BYTE_TOKEN_COUNT = 255  # 0xFF never occurs in UTF-8
+SPECIAL_TOKENS = ("<|startoftext|>", "<|inputmask|>", "<|separator|>", "<|nottoken|>",
+                  "<|bagoftoken|>", "<|segmenter|>", "<|endoftext|>")
+TAIL = (list(TAG_TOKENS) + ["<|emoji%d|>" % (i + 1) for i in range(EMOJI_CLASS_COUNT)]
+        + ["<|byte%d|>" % i for i in range(BYTE_TOKEN_COUNT)] + list(SPECIAL_TOKENS))
+
+MAX_UNIT_LENGTH = 3
+MIN_UNIT_COUNT = 2
+MIN_EXTRA_CHAR_COUNT = 3
+CHARACTER_SHARE = 0.5
+REFINE_PASSES = 4
+CANDIDATE_POOL_FACTOR = 3
+MAX_SPELLINGS_PER_UNIT = 64
+INSTALL_HINT = "install it with `apt-get install unicode-data` or pass --unicode_dir"
+
+# The encoder rewrites these before matching, so an entry for them would never be used.
+REWRITTEN_BY_ENCODER = frozenset(" \u3000\t\r\n\u2014\u2212")
+# "," is its own line and separates spellings; "<" starts the encoder's tags.
+NOT_IN_UNITS = frozenset(",<")
+SEPARATOR = "\n"
+
+HISTORICAL_KANA = {"ゐ": "い", "ゑ": "え", "ヰ": "イ", "ヱ": "エ"}
+# NFKC turns the half-width sound marks into combining ones; the spacing ones read better.
+HALF_WIDTH_SOUND_MARKS = {"\uff9e": "\u309b", "\uff9f": "\u309c"}
+IDEOGRAPH_NFKC_RANGES = ((0x2E80, 0x2EFF), (0x2F00, 0x2FDF), (0xF900, 0xFAFF),
+                         (0x2F800, 0x2FA1F))
+ENCLOSED_RANGES = ((0x2460, 0x24FF), (0x3200, 0x32FF), (0x3300, 0x33FF),
+                   (0x1F100, 0x1F1E5), (0x1F200, 0x1F2FF))
+HALF_WIDTH_RANGE = (0xFF61, 0xFF9F)
+
+# Unihan links, strongest first: a character already in a group with a Joyo kanji
+# cannot be pulled into another one by a weaker link (裡 joins 裏 as a semantic
+# variant before the Chinese simplification 里 -> 裡 is considered).
+(LINK_COMPATIBILITY, LINK_JINMEIYO, LINK_Z, LINK_SEMANTIC, LINK_TRADITIONAL, LINK_SPECIALIZED,
+ LINK_SIMPLIFIED) = range(7)
+UNIHAN_LINK_FIELDS = {"kCompatibilityVariant": LINK_COMPATIBILITY,
+                      "kTraditionalVariant": LINK_TRADITIONAL, "kZVariant": LINK_Z,
+                      "kSemanticVariant": LINK_SEMANTIC,
+                      "kSpecializedSemanticVariant": LINK_SPECIALIZED,
+                      "kSimplifiedVariant": LINK_SIMPLIFIED}
+# Weak links only attach characters outside the vocabulary's character set (a
+# Chinese simplified form such as 还 joins 還); they never merge two characters
+# that Japanese text uses (来 and 耒 are only "sometimes" the same word).
+ATTACH_ONLY_LINKS = (LINK_SPECIALIZED, LINK_SIMPLIFIED)
+UNIHAN_FILES = ("Unihan_Variants.txt", "Unihan_OtherMappings.txt", "Unihan_IRGSources.txt")
+RADICALS_FILE = "EquivalentUnifiedIdeograph.txt"  # CJK radicals -> unified ideographs (⻑ -> 長)
+
+# Character tiers: lower is kept first and preferred as a group's canonical form.
+TIER_CORE, TIER_JIS2, TIER_JIS2004, TIER_EXTRA = range(4)
+
+# emoji-test.txt group/subgroup -> class 1..12; a subgroup entry wins over its group.
+EMOJI_SUBGROUP_CLASS = {
+    "face-smiling": 1, "face-tongue": 1, "face-hand": 1, "face-hat": 1, "face-glasses": 1,
+    "cat-face": 1, "monkey-face": 1,
+    "face-neutral-skeptical": 2, "face-sleepy": 2, "face-unwell": 2, "face-concerned": 2,
+    "face-negative": 2, "face-costume": 2,
+    "face-affection": 9, "heart": 9, "emotion": 9,
+    "time": 12, "sky & weather": 12,
+}
+EMOJI_GROUP_CLASS = {
+    "Activities": 3, "Animals & Nature": 4, "Flags": 5, "Food & Drink": 6, "Objects": 7,
+    "People & Body": 8, "Component": 8, "Smileys & Emotion": 1, "Symbols": 10,
+    "Travel & Places": 11,
+}
+EMOJI_DEFAULT_CLASS = 10
+
+
+# ------------------------------------------------------------------ Unicode data
+
+def unicode_data_path(unicode_dir, name):
+    """The plain or .bz2 copy of a Unicode data file, or a one-line UserError."""
+    for candidate in (name, name + ".bz2"):
+        path = os.path.join(unicode_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    cli.fail("Unicode data file %s(.bz2) not found in %s; %s" % (name, unicode_dir, INSTALL_HINT))
+
+
+def read_text_lines(path):
+    opener = bz2.open if path.endswith(".bz2") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def unihan_targets(value):
+    """[(character, source tags)] of a value such as 'U+5D0E<kMorohashi:Z U+5D5C'."""
+    targets = []
+    for token in value.split():
+        match = re.match(r"U\+([0-9A-F]{4,6})(?:<(.*))?$", token)
+        if match:
+            targets.append((chr(int(match.group(1), 16)), match.group(2) or ""))
+    return targets
+
+
+def link_kind(field, sources):
+    """A semantic variant that a dictionary marks ':Z' is a Z-variant (崎/﨑)."""
+    if field == "kSemanticVariant" and any(s.endswith(":Z") for s in sources.split(",")):
+        return LINK_Z
+    return UNIHAN_LINK_FIELDS[field]
+
+
+def unihan_records(lines, fields):
+    for line in lines:
+        if not line.startswith("U+"):
+            continue
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[1] in fields:
+            yield chr(int(parts[0][2:], 16)), parts[1], parts[2]
+
+
+class UnicodeData:
+    """The parts of Unihan and emoji-test.txt the builder uses."""
+
+    def __init__(self, joyo, links, emoji):
+        self.joyo = frozenset(joyo)
+        self.links = sorted(set(links))   # (link kind, a, b), strongest kind first
+        self.emoji = emoji                # [(sequence, group, subgroup)] in file order
+
+    @classmethod
+    def load(cls, unicode_dir):
+        paths = [unicode_data_path(unicode_dir, name) for name in UNIHAN_FILES]
+        emoji_path = unicode_data_path(os.path.join(unicode_dir, "emoji"), "emoji-test.txt") \
+            if os.path.isdir(os.path.join(unicode_dir, "emoji")) \
+            else unicode_data_path(unicode_dir, "emoji-test.txt")
+        joyo, links = set(), []
+        fields = set(UNIHAN_LINK_FIELDS) | {"kJoyoKanji", "kJinmeiyoKanji"}
+        for path in paths:
+            for char, field, value in unihan_records(read_text_lines(path), fields):
+                if field == "kJoyoKanji":
+                    if not value.startswith("U+"):
+                        joyo.add(char)
+                elif field == "kJinmeiyoKanji":  # "2010:U+5FDC": char is the old form of 応
+                    links += [(LINK_JINMEIYO, char, chr(int(h, 16)))
+                              for h in re.findall(r":U\+([0-9A-F]{4,6})", value)]
+                else:
+                    links += [(link_kind(field, sources), char, other)
+                              for other, sources in unihan_targets(value) if other != char]
+        links = [link for link in links if link[0] != LINK_TRADITIONAL
+                 or (link[1] in joyo and link[2] not in joyo)]
+        links += radical_links(read_text_lines(unicode_data_path(unicode_dir, RADICALS_FILE)))
+        return cls(joyo, links, parse_emoji_test(read_text_lines(emoji_path)))
+
+
+def radical_links(lines):
+    """EquivalentUnifiedIdeograph.txt lines ("2E8C..2E8D ; 5C0F") as compatibility links."""
+    links = []
+    for line in lines:
+        fields = line.split("#")[0].split(";")
+        if len(fields) == 2:
+            first, _, last = fields[0].strip().partition("..")
+            target = chr(int(fields[1], 16))
+            links += [(LINK_COMPATIBILITY, chr(c), target)
+                      for c in range(int(first, 16), int(last or first, 16) + 1)]
+    return links
+
+
+def parse_emoji_test(lines):
+    """[(sequence, group, subgroup)] for every fully-qualified emoji, in file order."""
+    group = subgroup = ""
+    emoji = []
+    for line in lines:
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif not line.startswith("#") and ";" in line:
+            points, status = line.split("#")[0].split(";")
+            if status.strip() == "fully-qualified":
+                emoji.append(("".join(chr(int(p, 16)) for p in points.split()), group, subgroup))
+    return emoji
+
+
+# ------------------------------------------------------------------ emoji.json
+
+def emoji_class(group, subgroup):
+    return EMOJI_SUBGROUP_CLASS.get(subgroup) or EMOJI_GROUP_CLASS.get(group, EMOJI_DEFAULT_CLASS)
+
+
+def build_emoji_table(emoji):
+    """emoji.json's content: every fully-qualified emoji -> <|emojiN|>, longest first.
+
+    The encoder replaces keys one at a time in key order, so a ZWJ sequence must
+    come before the emoji it is made of; the representative of a class is its
+    first emoji in emoji-test.txt order.
+    """
+    classes, representatives = {}, {}
+    for sequence, group, subgroup in emoji:
+        if sequence in classes:
+            continue
+        token = "<|emoji%d|>" % emoji_class(group, subgroup)
+        classes[sequence] = token
+        representatives.setdefault(token, sequence)
+    tokens = ["<|emoji%d|>" % (i + 1) for i in range(EMOJI_CLASS_COUNT)]
+    missing = [t for t in tokens if t not in representatives]
+    if missing:
+        cli.fail("emoji-test.txt has no fully-qualified emoji for %s" % ", ".join(missing))
+    keys = sorted(classes, key=lambda k: -len(k))  # stable: file order among equals
+    return {"emoji": {k: classes[k] for k in keys},
+            "emoji_inv": {t: representatives[t] for t in tokens}}
+
+
+# ------------------------------------------------------------------ characters
+
+def decodable(data, codec):
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        return None
+
+
+def jis_x0208_tiers():
+    """JIS X 0208 character -> tier (rows 1-8 and level-1 kanji core, level 2 next)."""
+    tiers = {}
+    for row in range(1, 95):
+        for cell in range(1, 95):
+            char = decodable(bytes([0xA0 + row, 0xA0 + cell]), "euc_jp")
+            if char:
+                tiers[char] = TIER_CORE if row <= 47 else TIER_JIS2
+    return tiers
+
+
+def jis_x0213_chars():
+    """Single-code-point characters of JIS X 0213 (planes 1 and 2)."""
+    chars = set()
+    leads = list(range(0x81, 0xA0)) + list(range(0xE0, 0xFD))
+    trails = [b for b in range(0x40, 0xFD) if b != 0x7F]
+    for lead, trail in itertools.product(leads, trails):
+        char = decodable(bytes([lead, trail]), "shift_jis_2004")
+        if char and len(char) == 1:
+            chars.add(char)
+    return chars
+
+
+def core_extras():
+    """Printable ASCII, full-width forms and punctuation blocks."""
+    chars = {chr(c) for c in range(0x21, 0x7F)}
+    chars |= {chr(c) for c in range(0xFF01, 0xFF5F)} | {chr(c) for c in range(0xFFE0, 0xFFE7)}
+    chars |= {chr(c) for c in range(0x3001, 0x3040)}
+    chars |= {chr(c) for c in range(0x2010, 0x205F) if unicodedata.category(chr(c))[0] == "P"}
+    return chars
+
+
+def can_be_entry(char, emoji_keys):
+    category = unicodedata.category(char)
+    return not (char in REWRITTEN_BY_ENCODER or char in emoji_keys or category[0] in "CZ")
+
+
+def character_tiers(char_counts, joyo, emoji_keys):
+    """Every candidate base character -> tier."""
+    tiers = {c: TIER_JIS2004 for c in jis_x0213_chars()}
+    tiers.update(jis_x0208_tiers())
+    tiers.update({c: TIER_CORE for c in core_extras() | set(joyo)})
+    for char, count in char_counts.items():
+        if count >= MIN_EXTRA_CHAR_COUNT and char not in tiers:
+            tiers[char] = TIER_EXTRA
+    return {c: t for c, t in tiers.items() if can_be_entry(c, emoji_keys)}
+
+
+# ------------------------------------------------------------------ variant groups
+
+def in_ranges(char, ranges):
+    return any(lo <= ord(char) <= hi for lo, hi in ranges)
+
+
+def nfkc_ideograph_links(chars):
+    return [(LINK_COMPATIBILITY, c, unicodedata.normalize("NFKC", c)) for c in chars
+            if in_ranges(c, IDEOGRAPH_NFKC_RANGES)
+            and len(unicodedata.normalize("NFKC", c)) == 1
+            and unicodedata.normalize("NFKC", c) != c]
+
+
+class VariantGroups:
+    """Union-find over ideograph links with the Joyo and no-chain guards."""
+
+    def __init__(self, vocabulary_chars, joyo):
+        self.parent = {}
+        self.vocabulary_chars = vocabulary_chars
+        self.joyo = joyo
+        self.joyo_count = {}
+        self.has_vocabulary = {}
+
+    def find(self, c):
+        if c not in self.parent:
+            self.parent[c] = c
+            self.joyo_count[c] = int(c in self.joyo)
+            self.has_vocabulary[c] = c in self.vocabulary_chars
+        root = c
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[c] != root:
+            self.parent[c], c = root, self.parent[c]
+        return root
+
+    def link(self, a, b, attach_only=False):
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb or self.joyo_count[ra] + self.joyo_count[rb] > 1:
+            return
+        if self.has_vocabulary[ra] and self.has_vocabulary[rb] and (attach_only or not (
+                a in self.vocabulary_chars and b in self.vocabulary_chars)):
+            return
+        ra, rb = min(ra, rb), max(ra, rb)
+        self.parent[rb] = ra
+        self.joyo_count[ra] += self.joyo_count[rb]
+        self.has_vocabulary[ra] = self.has_vocabulary[ra] or self.has_vocabulary[rb]
+
+    def members(self):
+        groups = collections.defaultdict(list)
+        for c in sorted(self.parent):
+            groups[self.find(c)].append(c)
+        return list(groups.values())
+
+
+def strip_outer_parentheses(text):
+    if len(text) > 2 and text[0] == "(" and text[-1] == ")":
+        return text[1:-1]
+    return text
+
+
+FOLD_GLYPH, FOLD_HALF_WIDTH, FOLD_ENCLOSED = range(3)
+
+
+def direct_folds(emoji_keys):
+    """Characters folded by rule rather than by Unihan: char -> (target, kind).
+
+    FOLD_GLYPH (ゐ -> い) also varies inside units; FOLD_HALF_WIDTH gives units a
+    spelling only when all their characters have one (ﾌｧｲ, never ファｲ);
+    FOLD_ENCLOSED (㈱, ①, ⒉, ㍻) is only a spelling of its target's line.
+    """
+    folds = {c: (t, FOLD_GLYPH) for c, t in HISTORICAL_KANA.items()}
+    for code in range(HALF_WIDTH_RANGE[0], HALF_WIDTH_RANGE[1] + 1):
+        char = chr(code)
+        target = HALF_WIDTH_SOUND_MARKS.get(char) or unicodedata.normalize("NFKC", char)
+        folds[char] = (target, FOLD_HALF_WIDTH)
+    for lo, hi in ENCLOSED_RANGES:
+        for code in range(lo, hi + 1):
+            char = chr(code)
+            target = strip_outer_parentheses(unicodedata.normalize("NFKC", char))
+            folds[char] = (target, FOLD_ENCLOSED)
+    return {c: f for c, f in folds.items()
+            if f[0] != c and valid_spelling(c, emoji_keys) and valid_spelling(f[0], emoji_keys)}
+
+
+def valid_spelling(spelling, emoji_keys):
+    return (0 < len(spelling) <= MAX_UNIT_LENGTH and not spelling.startswith("<")
+            and "," not in spelling and all(can_be_entry(c, emoji_keys) for c in spelling))
+
+
+class Folding:
+    """Which spelling belongs to which line, and how corpus text is folded onto lines.
+
+    glyph_variants: canonical char -> 1-character variants (Unihan, ゐ), also used in units;
+    half_width: canonical char -> its half-width spelling (ｶ, ｶﾞ);
+    extra_spellings: line -> further spellings (enclosed forms, か゛, か + U+3099).
+    """
+
+    def __init__(self, glyph_variants, half_width, extra_spellings, tiers):
+        self.glyph_variants = glyph_variants
+        self.half_width = half_width
+        self.extra_spellings = extra_spellings
+        self.tiers = tiers
+        self.canonical_chars = sorted(glyph_variants)
+        spelling_line = {s: c for c, variants in glyph_variants.items() for s in variants}
+        spelling_line.update({s: c for c, s in half_width.items()})
+        spelling_line.update({s: line for line, spellings in extra_spellings.items()
+                              for s in spellings})
+        self.translation = str.maketrans({s: c for s, c in spelling_line.items() if len(s) == 1})
+        self.multi_char = {s: c for s, c in spelling_line.items() if len(s) > 1}
+        self.multi_char_pattern = multi_char_pattern(self.multi_char) if self.multi_char else None
+
+    def fold(self, text):
+        """Corpus text with every spelling replaced by its line's canonical form."""
+        if self.multi_char_pattern:
+            text = self.multi_char_pattern.sub(lambda m: self.multi_char[m.group(0)], text)
+        return text.translate(self.translation)
+
+    def forced_units(self):
+        """Multi-character targets of enclosed forms (⒉ -> 2.) always get a unit line."""
+        return sorted(line for line in self.extra_spellings if len(line) > 1)
+
+
+def multi_char_pattern(spellings):
+    # The lookahead on the second character keeps the long alternation off most positions.
+    return re.compile("(?=.[%s])(?:%s)" % (
+        re.escape("".join(sorted({s[1] for s in spellings}))),
+        "|".join(re.escape(s) for s in sorted(spellings, key=lambda s: (-len(s), s)))), re.DOTALL)
+
+
+def canonical_rank(char, tiers, joyo, char_counts):
+    return (char not in joyo, tiers[char], -char_counts.get(char, 0), char)
+
+
+def ideograph_groups(tiers, unicode_data, char_counts, emoji_keys):
+    """canonical character -> its glyph variants, from the Unihan links."""
+    candidates = set(tiers) | {chr(c) for lo, hi in IDEOGRAPH_NFKC_RANGES
+                               for c in range(lo, hi + 1)}
+    groups = VariantGroups(set(tiers), unicode_data.joyo)
+    for kind, a, b in sorted(nfkc_ideograph_links(candidates) + unicode_data.links):
+        groups.link(a, b, attach_only=kind in ATTACH_ONLY_LINKS)
+    glyph_variants = {c: [] for c in tiers}
+    for members in groups.members():
+        base = [c for c in members if c in tiers]
+        if base:
+            canonical = min(base, key=lambda c: canonical_rank(c, tiers, unicode_data.joyo,
+                                                               char_counts))
+            glyph_variants[canonical] = [c for c in members
+                                         if c != canonical and valid_spelling(c, emoji_keys)]
+            for c in base:
+                if c != canonical:
+                    del glyph_variants[c]
+    return glyph_variants
+
+
+def build_folding(tiers, unicode_data, char_counts, emoji_keys):
+    """Group characters into lines; see the module docstring for the rules."""
+    folds = direct_folds(emoji_keys)
+    tiers = {c: t for c, t in tiers.items() if c not in folds}
+    glyph_variants = ideograph_groups(tiers, unicode_data, char_counts, emoji_keys)
+    line_of = {v: c for c, variants in glyph_variants.items() for v in variants + [c]}
+    half_width, extra_spellings = {}, collections.defaultdict(list)
+    for char, (target, kind) in sorted(folds.items()):
+        if char in line_of or not all(c in line_of for c in target):
+            continue
+        target = "".join(line_of[c] for c in target)
+        if kind == FOLD_HALF_WIDTH and len(target) == 1 and target not in half_width:
+            half_width[target] = char
+        elif kind != FOLD_ENCLOSED and len(target) == 1:
+            glyph_variants[target].append(char)
+        elif kind == FOLD_ENCLOSED and target != ",":
+            extra_spellings[target].append(char)
+    add_kana_with_sound_marks(glyph_variants, half_width, extra_spellings)
+    return Folding({c: sorted(v) for c, v in glyph_variants.items()}, half_width,
+                   {line: sorted(set(s)) for line, s in extra_spellings.items()}, tiers)
+
+
+def add_kana_with_sound_marks(lines, half_width, extra_spellings):
+    """か゛ and か + U+3099 become spellings of が, ｶﾞ the half-width spelling of ガ."""
+    for base in sorted(lines):
+        if not "\u3041" <= base <= "\u30ff":
+            continue
+        for spacing, combining, half in (("\u309b", "\u3099", "\uff9e"),
+                                         ("\u309c", "\u309a", "\uff9f")):
+            composed = unicodedata.normalize("NFC", base + combining)
+            if len(composed) != 1 or composed not in lines:
+                continue
+            extra_spellings[composed] += [base + spacing, base + combining]
+            if base in half_width and composed not in half_width:
+                half_width[composed] = half_width[base] + half
+
+
+# ------------------------------------------------------------------ corpus
+
+def corpus_files(corpus_dir, exclude):
+    if not os.path.isdir(corpus_dir):
+        cli.fail("corpus folder not found: %s" % corpus_dir)
+    names = sorted(n for n in os.listdir(corpus_dir) if n.endswith(".txt"))
+    stems = {n[:-4] for n in names}
+    unknown = [e for e in exclude if e not in stems and e not in names]
+    if unknown:
+        cli.fail("--exclude %s: no such shard in %s" % (", ".join(unknown), corpus_dir))
+    names = [n for n in names if n not in exclude and n[:-4] not in exclude]
+    if not names:
+        cli.fail("no .txt files to build from in %s" % corpus_dir)
+    return [os.path.join(corpus_dir, n) for n in names]
+
+
+def read_corpus(paths, progress):
+    texts = []
+    for path in progress(paths, desc="reading corpus", unit="file"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        except UnicodeDecodeError as e:
+            cli.fail("%s is not UTF-8 text (%s)" % (path, e.reason))
+    return texts
+
+
+# ------------------------------------------------------------------ units
+
+# Units stay inside one script, like the released vocabulary's, except that kanji
+# may be followed by hiragana (okurigana: 使用し, 行う). So "する場" or "ルの",
+# which cross a word boundary, are never units.
+SCRIPT_NONE, SCRIPT_KANJI, SCRIPT_HIRAGANA, SCRIPT_KATAKANA, SCRIPT_ALNUM, SCRIPT_SYMBOL = \
+    range(6)
+SCRIPT_PAIRS = {(SCRIPT_KANJI, SCRIPT_HIRAGANA)} | {(s, s) for s in range(1, 6)}
+# Characters that lean on the one before (small kana, ー, iteration and sound marks): a
+# unit neither starts with one nor is counted where one follows it, so units keep
+# whole morae (ション, not オプシ + ョン).
+DEPENDENT = frozenset("ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶーゝゞヽヾ゛゜\u3099\u309a"
+                      + "".join(chr(c) for c in range(0x31F0, 0x3200)))
+CODE_BITS = 21  # every code point fits in 21 bits, so a 3-gram fits in one int64
+
+
+def script_of(char):
+    if unicodedata.name(char, "").startswith("CJK ") and unicodedata.category(char) == "Lo" \
+            or char in "々〆":
+        return SCRIPT_KANJI
+    if "\u3041" <= char <= "\u309f":
+        return SCRIPT_HIRAGANA
+    if ("\u30a1" <= char <= "\u30ff" and char != "・") or "\u31f0" <= char <= "\u31ff":
+        return SCRIPT_KATAKANA
+    if char.isascii() and char.isalnum():
+        return SCRIPT_ALNUM
+    if char.isascii() and char.isprintable() and not char.isspace():
+        return SCRIPT_SYMBOL
+    return SCRIPT_NONE
+
+
+def gram_key(gram):
+    key = 0
+    for char in gram:
+        key = (key << CODE_BITS) | ord(char)
+    return key
+
+
+def gram_of(key, length):
+    mask = (1 << CODE_BITS) - 1
+    return "".join(chr((key >> (CODE_BITS * (length - 1 - k))) & mask) for k in range(length))
+
+
+class GramIndex:
+    """The folded corpus as code points, with the 2- and 3-gram at every position.
+
+    Characters that cannot be in a unit become SEPARATOR; a gram is usable when
+    each pair of neighbouring characters is in SCRIPT_PAIRS and neither its
+    first character nor the one after it is DEPENDENT.
+    Grams are numbered once (np.unique), so each refinement pass is a few
+    array operations.
+    """
+
+    def __init__(self, folded_texts, unit_chars):
+        import numpy as np
+        self.np = np
+        codes = code_array(SEPARATOR.join(folded_texts))
+        allowed = sorted(c for c in unit_chars if script_of(c) != SCRIPT_NONE)
+        allowed_codes = np.array([ord(c) for c in allowed], dtype=np.int64)
+        codes[~np.isin(codes, allowed_codes)] = ord(SEPARATOR)
+        n = self.size = len(codes)
+        codes = np.concatenate([codes, np.full(3, ord(SEPARATOR), dtype=np.int64)])
+        script = np.zeros(len(codes), dtype=np.int64)
+        known = codes != ord(SEPARATOR)
+        script[known] = np.array([script_of(c) for c in allowed])[
+            np.searchsorted(allowed_codes, codes[known])]
+        pair_ok = np.zeros((SCRIPT_SYMBOL + 1, SCRIPT_SYMBOL + 1), dtype=bool)
+        for a, b in SCRIPT_PAIRS:
+            pair_ok[a, b] = True
+        joins = pair_ok[script[:-1], script[1:]]  # may codes[i] and codes[i + 1] share a unit?
+        free = ~np.isin(codes, [ord(c) for c in DEPENDENT])
+        self.is_separator = ~known[:n]
+        follows_separator = np.concatenate([[True], ~known[:n]])[:n]
+        self.segment_starts = np.flatnonzero(known[:n] & follows_separator)
+        self.usable = {2: joins[:n] & free[:n] & free[2:n + 2],
+                       3: joins[:n] & joins[1:n + 1] & free[:n] & free[3:n + 3]}
+        self.grams, self.gram_at = {}, {}
+        for length, keys in ((2, (codes[:n] << CODE_BITS) | codes[1:n + 1]),
+                             (3, (codes[:n] << 2 * CODE_BITS) | (codes[1:n + 1] << CODE_BITS)
+                              | codes[2:n + 2])):
+            self.grams[length], self.gram_at[length] = np.unique(keys, return_inverse=True)
+
+    def counts(self, length, minimum):
+        """{gram: count} of the usable grams seen at least `minimum` times."""
+        return self.named(self.tally(length, self.usable[length]), length, minimum)
+
+    def tally(self, length, mask, weights=None):
+        return self.np.bincount(self.gram_at[length][mask], minlength=len(self.grams[length]),
+                                weights=weights)
+
+    def named(self, totals, length, minimum=1):
+        np = self.np
+        found = np.flatnonzero(totals >= minimum)
+        return {gram_of(int(k), length): int(t)
+                for k, t in zip(self.grams[length][found], totals[found])}
+
+    def members(self, grams, length):
+        """A mask over gram numbers: True for the given grams."""
+        np = self.np
+        mask = np.zeros(len(self.grams[length]), dtype=bool)
+        keys = np.array(sorted(gram_key(g) for g in grams if len(g) == length), dtype=np.int64)
+        where = np.searchsorted(self.grams[length], keys)
+        found = where < len(mask)
+        found[found] = self.grams[length][where[found]] == keys[found]
+        mask[where[found]] = True
+        return mask
+
+    def token_starts(self, length):
+        """Greedy token starts, following every segment's chain in parallel."""
+        np = self.np
+        following = np.arange(self.size) + length
+        current, found = self.segment_starts, []
+        while len(current):
+            found.append(current)
+            current = following[current]
+            current = current[current < self.size]
+            current = current[~self.is_separator[current]]
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def segment(self, units, pool):
+        """Greedy longest match over `units`, as the encoder does with our id order.
+
+        Returns (uses of each unit, estimated tokens each `pool` gram not in
+        `units` would save: at every token start where it matches and is longer
+        than the token taken, the difference in length).
+        """
+        np = self.np
+        length = np.ones(self.size, dtype=np.int64)
+        for n in (2, 3):  # units of enclosed forms (2.) need not be script-shaped
+            length[self.members(units, n)[self.gram_at[n]]] = n
+        starts = np.zeros(self.size, dtype=bool)
+        starts[self.token_starts(length)] = True
+        uses, missed = {}, {}
+        for n in (2, 3):
+            uses.update(self.named(self.tally(n, starts & (length == n)), n))
+            wanted = self.members([g for g in pool if g not in units], n)[self.gram_at[n]]
+            at = starts & (length < n) & self.usable[n] & wanted
+            missed.update(self.named(self.tally(n, at, weights=(n - length)[at]), n))
+        return uses, missed
+
+
+def code_array(text):
+    import numpy as np
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+
+
+def character_counts(texts):
+    """collections.Counter of the characters of `texts` (numpy, for 10+ MB corpora)."""
+    import numpy as np
+    counts = collections.Counter()
+    for text in texts:
+        codes, n = np.unique(code_array(text), return_counts=True)
+        counts.update({chr(int(c)): int(k) for c, k in zip(codes, n)})
+    return counts
+
+
+def tokens_saved(uses, units):
+    """Tokens each unit saves over its next-shorter fallback (its prefix unit or characters)."""
+    return {u: n * (1 if len(u) == 3 and u[:2] in units else len(u) - 1) for u, n in uses.items()}
+
+
+def select_units(index, candidates, count, forced, progress):
+    """The `count` units that save the most tokens on the corpus (see module docstring)."""
+    forced = set(forced[:count])
+    budget = count - len(forced)
+    ranked = sorted((g for g in candidates if g not in forced),
+                    key=lambda g: (-candidates[g] * (len(g) - 1), g))
+    if len(ranked) < budget:
+        cli.fail("the corpus yields only %d units of 2-3 characters, %d needed for this size; "
+                 "use a larger corpus or a smaller --size" % (len(ranked), budget))
+    pool = set(ranked[:budget * CANDIDATE_POOL_FACTOR])
+    chosen = set(ranked[:budget])
+    for _ in progress(range(REFINE_PASSES), desc="choosing units", unit="pass"):
+        uses, missed = index.segment(chosen | forced, pool)
+        score = tokens_saved(uses, chosen | forced)
+        score.update(missed)
+        new = set(sorted(pool, key=lambda g: (-score.get(g, 0), g))[:budget])
+        if new == chosen:
+            break
+        chosen = new
+    units = chosen | forced
+    uses, _ = index.segment(units, ())
+    return units, uses
+
+
+def order_lines(lines, weight, spellings_of, spelling_line):
+    """Lines sorted by weight, each line moved up before every line its spellings extend.
+
+    The encoder picks the lowest id among the 1-3 character prefixes at a
+    position; placing a line before the lines of its spellings' prefixes makes
+    it pick the longest one.
+    """
+    precedes = {line: set() for line in lines}
+    for line in lines:
+        for s in spellings_of(line):
+            for k in range(1, len(s)):
+                other = spelling_line.get(s[:k])
+                if other in precedes and other != line:
+                    precedes[line].add(other)
+    priority, height = {}, {}
+
+    def visit(line, path=()):
+        if line in priority:
+            return
+        if line in path:
+            raise RuntimeError("circular prefix order through %r" % (line,))
+        for other in precedes[line]:
+            visit(other, path + (line,))
+        priority[line] = max([weight(line)] + [priority[o] for o in precedes[line]])
+        height[line] = max([0] + [height[o] + 1 for o in precedes[line]])
+
+    for line in lines:
+        visit(line)
+    return sorted(lines, key=lambda l: (-priority[l], -height[l], -weight(l), l))
+
+
+# ------------------------------------------------------------------ assembling
+
+def unit_spellings(unit, folding):
+    """The unit, products of its characters' glyph variants (fewest changes first), its
+    all-half-width spelling (when every character has one) and enclosed forms."""
+    options = [[c] + folding.glyph_variants.get(c, []) for c in unit]
+    products = sorted(itertools.product(*[range(len(o)) for o in options]),
+                      key=lambda p: (sum(1 for i in p if i), p))
+    spellings = ["".join(o[i] for o, i in zip(options, p)) for p in products]
+    half = "".join(folding.half_width.get(c, "\0") for c in unit)
+    if "\0" not in half and len(half) <= MAX_UNIT_LENGTH:
+        spellings.append(half)
+    return spellings[:MAX_SPELLINGS_PER_UNIT] + folding.extra_spellings.get(unit, [])
+
+
+def char_spellings(char, folding):
+    half = [folding.half_width[char]] if char in folding.half_width else []
+    return [char] + folding.glyph_variants[char] + half + folding.extra_spellings.get(char, [])
+
+
+def fixed_size(folding):
+    """Ids every vocabulary has: core characters, enclosed-form units and the tail."""
+    core = sum(1 for c in folding.canonical_chars if folding.tiers[c] == TIER_CORE)
+    return core + len(folding.forced_units()) + len(TAIL)
+
+
+def check_size(size, folding):
+    if size < fixed_size(folding):
+        cli.fail("--size %d is below this vocabulary's fixed part (%d ids: core characters, "
+                 "enclosed-form units and the %d tail tokens)" % (size, fixed_size(folding),
+                                                                  len(TAIL)))
+
+
+def folding_without_corpus(unicode_data):
+    """The folding an empty corpus gives; the core characters do not depend on the corpus."""
+    emoji_keys = single_code_point_emoji(build_emoji_table(unicode_data.emoji))
+    tiers = character_tiers({}, unicode_data.joyo, emoji_keys)
+    return build_folding(tiers, unicode_data, {}, emoji_keys)
+
+
+def single_code_point_emoji(emoji_table):
+    return frozenset(k for k in emoji_table["emoji"] if len(k) == 1)
+
+
+def choose_characters(folding, char_counts, size):
+    """The canonical characters that get a line, and how many ids remain for units."""
+    budget = size - len(TAIL)
+    tiers = folding.tiers
+    core = [c for c in folding.canonical_chars if tiers[c] == TIER_CORE]
+    optional = sorted((c for c in folding.canonical_chars if tiers[c] != TIER_CORE),
+                      key=lambda c: (-char_counts.get(c, 0), tiers[c], c))
+    check_size(size, folding)
+    extra = max(0, min(len(optional), int(budget * CHARACTER_SHARE) - len(core)))
+    return core + optional[:extra], optional[extra:], budget - len(core) - extra
+
+
+def build_vocabulary(texts, size, unicode_data, progress=None):
+    """(vocabulary lines, emoji table) for corpus `texts` and a vocabulary `size`."""
+    progress = progress or (lambda it, **kw: it)
+    emoji_table = build_emoji_table(unicode_data.emoji)
+    emoji_keys = single_code_point_emoji(emoji_table)
+    raw_counts = character_counts(texts)
+    tiers = character_tiers(raw_counts, unicode_data.joyo, emoji_keys)
+    folding = build_folding(tiers, unicode_data, raw_counts, emoji_keys)
+    folded = [folding.fold(t) for t in progress(texts, desc="folding variants", unit="file")]
+    char_counts = character_counts(folded)
+    chars, spare_chars, unit_count = choose_characters(folding, char_counts, size)
+    unit_chars = set(chars) - NOT_IN_UNITS
+    index = GramIndex(folded, unit_chars)
+    candidates = {}
+    for length in progress((2, 3), desc="counting substrings", unit="length"):
+        candidates.update(index.counts(length, MIN_UNIT_COUNT))
+    forced = folding.forced_units()
+    available = len(set(candidates) | set(forced))
+    if available < unit_count:  # a small corpus: give the spare ids to characters
+        more = min(len(spare_chars), unit_count - available)
+        chars, unit_count = chars + spare_chars[:more], unit_count - more
+    units, uses = select_units(index, candidates, unit_count, forced, progress)
+    return assemble(units, uses, chars, char_counts, folding), emoji_table
+
+
+def assemble(units, uses, chars, char_counts, folding):
+    """Vocabulary lines: units, then characters, then the tail (see order_lines)."""
+    spellings = {u: unit_spellings(u, folding) for u in units}
+    spellings.update({c: char_spellings(c, folding) for c in chars})
+    spelling_line = {}
+    for line in sorted(chars) + sorted(units, key=lambda u: (len(u), u)):
+        if line in spelling_line:  # folding makes this impossible; never write a broken file
+            raise RuntimeError("unit %r is already a spelling of line %r"
+                               % (line, spelling_line[line]))
+        kept = []
+        for s in spellings[line]:
+            if s not in spelling_line:
+                spelling_line[s] = line
+                kept.append(s)
+        spellings[line] = kept
+    unit_order = order_lines(sorted(units), lambda u: uses.get(u, 0), spellings.get,
+                             spelling_line)
+    char_order = order_lines(sorted(chars), lambda c: char_counts.get(c, 0), spellings.get,
+                             spelling_line)
+    lines = [line if line == "," else ",".join(spellings[line])
+             for line in unit_order + char_order]
+    return lines + TAIL
+
+
+# ------------------------------------------------------------------ checking
+
+def parse_vocabulary_lines(lines):
+    return [[line] if line == "," else line.split(",") for line in lines]
+
+
+def check_vocabulary(lines, size):
+    """Raise ValueError naming the first problem: size, tail, duplicates, id order."""
+    if len(lines) != size:
+        raise ValueError("vocabulary has %d lines, expected %d" % (len(lines), size))
+    if lines[-len(TAIL):] != TAIL:
+        raise ValueError("the last %d lines are not the released tail layout" % len(TAIL))
+    line_of = {}
+    for number, spellings in enumerate(parse_vocabulary_lines(lines)):
+        for s in spellings:
+            if not s:
+                raise ValueError("line %d has an empty spelling" % number)
+            if s in line_of:
+                raise ValueError("spelling %r is on lines %d and %d" % (s, line_of[s], number))
+            if number < len(lines) - len(TAIL) and (len(s) > MAX_UNIT_LENGTH or
+                                                    (s.startswith("<") and s != "<")):
+                raise ValueError("line %d: spelling %r cannot be matched" % (number, s))
+            line_of[s] = number
+    for s, number in line_of.items():
+        for k in range(1, len(s)):
+            if line_of.get(s[:k], len(lines)) < number and not s.startswith("<"):
+                raise ValueError("line %d: %r is shadowed by its prefix %r on line %d"
+                                 % (number, s, s[:k], line_of[s[:k]]))
+
+
+# ------------------------------------------------------------------ command line
+
+def write_atomically(path, data):
+    """Write through a temporary file in the same folder, so `path` is never half written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_parser():
+    parser = cli.ArgumentParser(
+        description="Build a Japanese SWE vocabulary (GPTSAN format) and emoji table from a "
+                    "folder of UTF-8 text and Debian's unicode-data. Standard sizes: %s."
+                    % ", ".join(str(s) for s in STANDARD_SIZES))
+    parser.add_argument("--corpus", default=os.path.join("data", "corpus"), metavar="DIR",
+                        help="folder of UTF-8 .txt files to count units in")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="SHARD",
+                        help="shards of --corpus to leave out (name with or without .txt), "
+                             "e.g. held-out text")
+    parser.add_argument("--size", type=int, default=36000,
+                        help="number of ids (standard: %s)"
+                             % "/".join(str(s) for s in STANDARD_SIZES))
+    parser.add_argument("--output", default="ja-swe36k.txt", help="vocabulary file to write")
+    parser.add_argument("--emoji_output", default="emoji.json", help="emoji table to write")
+    parser.add_argument("--unicode_dir", default="/usr/share/unicode",
+                        help="Unihan_*.txt(.bz2) and emoji/emoji-test.txt (Debian unicode-data)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    return parser
+
+
+def main(args):
+    from tqdm import tqdm
+
+    if os.path.abspath(args.output) == os.path.abspath(args.emoji_output):
+        cli.fail("--output and --emoji_output are the same file")
+    for path in (args.output, args.emoji_output):
+        if os.path.exists(path) and not args.force:
+            cli.fail("%s exists; pass --force to overwrite it" % path)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            cli.fail("output folder does not exist: %s" % os.path.dirname(os.path.abspath(path)))
+    unicode_data = UnicodeData.load(args.unicode_dir)
+    check_size(args.size, folding_without_corpus(unicode_data))  # before the slow part
+    texts = read_corpus(corpus_files(args.corpus, args.exclude), tqdm)
+    lines, emoji_table = build_vocabulary(texts, args.size, unicode_data, tqdm)
+    check_vocabulary(lines, args.size)
+    write_atomically(args.output, "\n".join(lines).encode("utf-8"))
+    write_atomically(args.emoji_output, (json.dumps(emoji_table, ensure_ascii=False, indent=1)
+                                         + "\n").encode("utf-8"))
+    variants = sum(len(s) - 1 for s in parse_vocabulary_lines(lines))
+    print("wrote %s (%d ids, %d variant spellings) and %s (%d emoji)"
+          % (args.output, len(lines), variants, args.emoji_output, len(emoji_table["emoji"])))
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
