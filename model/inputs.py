@@ -1,0 +1,114 @@
+"""Reading the TFRecord shards that tools/make_tfrecord.py writes.
+
+Each record is a tf.train.Example with int64 features x [num_context], y [num_context]
+(targets, -1 = no loss), num_input [1] (index of the LM part's <|segmenter|>) and i [1]
+(class or file id). read_dataset yields batches of {x: [batch, num_context],
+y: [batch, num_context], num_input: [batch], i: [batch]}, all int32.
+
+TensorFlow is imported on first use, so tools can import this module cheaply.
+"""
+from model.cli import UserError
+
+FEATURES = ("x", "y", "num_input", "i")
+SHUFFLE_BUFFER = 1024
+_HEADER = 12  # uint64 length + uint32 masked CRC of the length
+
+
+def _tf():
+    from model.compat import tf
+    return tf
+
+
+def list_record_files(file_pattern):
+    """Files matching a comma-separated list of globs (local or gs://), sorted."""
+    tf = _tf()
+    files = []
+    for pattern in (p.strip() for p in file_pattern.split(",")):
+        if pattern:
+            files.extend(sorted(tf.io.gfile.glob(pattern)))
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise UserError("no training records match %s" % file_pattern)
+    return files
+
+
+def count_records(paths):
+    """Number of records in TFRecord files, read from the length headers only."""
+    tf = _tf()
+    total = 0
+    for path in paths:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            size, pos = f.size(), 0
+            while pos < size:
+                f.seek(pos)
+                header = f.read(_HEADER)
+                if len(header) < _HEADER:
+                    raise UserError("%s: truncated TFRecord at byte %d" % (path, pos))
+                pos += _HEADER + int.from_bytes(header[:8], "little") + 4
+                total += 1
+            if pos != size:
+                raise UserError("%s: truncated TFRecord at the end" % path)
+    return total
+
+
+def _feature_spec(num_context):
+    tf = _tf()
+    return {"x": tf.io.FixedLenFeature([num_context], tf.int64),
+            "y": tf.io.FixedLenFeature([num_context], tf.int64),
+            "num_input": tf.io.FixedLenFeature([1], tf.int64),
+            "i": tf.io.FixedLenFeature([1], tf.int64)}
+
+
+def record_context_length(path):
+    """num_context of the first record in `path` (None for an empty file)."""
+    tf = _tf()
+    for data in tf.io.tf_record_iterator(path):
+        example = tf.train.Example.FromString(data)
+        return len(example.features.feature["x"].int64_list.value)
+    return None
+
+
+def _check_context_length(files, num_context):
+    """A clear error instead of a parse failure deep inside the input pipeline."""
+    for path in files:
+        found = record_context_length(path)
+        if found is not None:
+            if found != num_context:
+                raise UserError("%s holds examples of %d tokens but the model uses "
+                                "num_contexts %d; rebuild the records with "
+                                "tools/make_tfrecord.py --num_context %d"
+                                % (path, found, num_context, num_context))
+            return
+
+
+def read_dataset(file_pattern, batch_size, num_context, shuffle=True, seed=None, repeat=True,
+                 shuffle_buffer=SHUFFLE_BUFFER):
+    """A tf.data.Dataset of batches {x, y, num_input, i} (int32) from the shards.
+
+    file_pattern: comma-separated globs. With shuffle, file order and records (through a
+    buffer of `shuffle_buffer`) are shuffled anew each epoch; the same seed gives the
+    same order. Incomplete final batches are dropped.
+    """
+    tf = _tf()
+    files = list_record_files(file_pattern)
+    _check_context_length(files, num_context)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=tf.data.experimental.AUTOTUNE, deterministic=True)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    spec = _feature_spec(num_context)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        for scalar in ("num_input", "i"):  # [batch, 1] -> [batch]
+            parsed[scalar] = tf.reshape(parsed[scalar], [batch_size])
+        return {name: tf.cast(parsed[name], tf.int32) for name in FEATURES}
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.prefetch(2)

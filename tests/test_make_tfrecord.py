@@ -1,0 +1,631 @@
+"""tools/make_tfrecord.py and model/inputs.py: layout rules, reading, writing, CLI.
+
+Most tests use CharEncoder, a one-token-per-character stand-in for encode_swe, so the
+expected layouts can be written out by hand. The CLI tests at the end use the real
+encoder with the released vocabulary from shared/reference when they are available.
+"""
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from model.cli import UserError
+from tools import make_tfrecord as mt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "tools", "make_tfrecord.py")
+SPECIALS = ("startoftext", "inputmask", "separator", "nottoken", "bagoftoken", "segmenter",
+            "endoftext")
+
+
+class CharEncoder:
+    """Stand-in for encode_swe.SWEEncoder: one token per character, "\\n" is <BR>;
+    like the real one, <...> tokens (including <BR>) are special."""
+
+    ALPHABET = "abcdefghijklmnopqrstuvwxyz。.!?、あいう"
+
+    def __init__(self):
+        self.tokens = list(self.ALPHABET) + ["<BR>", "<UNK>"] + ["<|%s|>" % n for n in SPECIALS]
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        for name in SPECIALS:
+            setattr(self, name, self.ids["<|%s|>" % name])
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def encode(self, text, clean=False):
+        if clean:  # stands in for the real cleaning, which turns URLs etc. into tags
+            text = text.replace("z", "<UNK>")
+        return [self.ids["<BR>"] if c == "\n" else self.ids.get(c, self.ids["<UNK>"])
+                for c in text]
+
+    def token_to_id(self, s):
+        return self.ids.get(s)
+
+    def is_special(self, i):
+        return self.tokens[i].startswith("<")
+
+
+def char_encoder():
+    """Encoder factory for Job (module level, so spawned workers can unpickle it)."""
+    return CharEncoder()
+
+
+def broken_encoder():
+    raise ValueError("no vocabulary here")
+
+
+ENC = CharEncoder()
+TABLE = mt.TokenTable(ENC)
+SOT, MASK, SEP, NOT, BAG, SEG, EOT = (getattr(ENC, n) for n in SPECIALS)
+LETTERS = [ENC.ids[c] for c in "abcdefghijklmnopqrstuvwxyz"]
+
+
+def ids(text):
+    return ENC.encode(text)
+
+
+def layout(tokens, rng_seed=0, pool=None, **options):
+    """All examples of one document, plus the stats."""
+    opts = mt.LayoutOptions(**options)
+    rng = np.random.default_rng(rng_seed)
+    stats = Counter()
+    doc = mt.Document(np.asarray(tokens), TABLE)
+    pool = pool if pool is not None else mt.SentencePool(rng)
+    return list(mt.examples_from_document(doc, TABLE, opts, rng, pool, stats)), stats
+
+
+def lm_length(example):
+    """Number of LM-part tokens (between the segmenter and <|endoftext|>/padding)."""
+    after = example.x[example.num_input + 1:]
+    return int(np.count_nonzero((after != EOT) & (after != NOT)))
+
+
+def parts(example):
+    """(prefix x tokens, LM stream as the targets hold it) of an example without a
+    next-sentence part."""
+    n, m = example.num_input, lm_length(example)
+    return example.x[1:n], example.y[n:n + m]
+
+
+def random_text_tokens(rng, n, alphabet=LETTERS):
+    """Ordinary tokens with no run of 3 identical ones (so no <|bagoftoken|>)."""
+    out = list(rng.choice(alphabet, n))
+    for k in range(2, n):
+        while out[k] == out[k - 1] == out[k - 2]:
+            out[k] = rng.choice(alphabet)
+    return out
+
+
+# ---------------------------------------------------------------- layout rules
+def test_lm_layout_written_out_by_hand():
+    [ex], _ = layout(ids("ab。c"), mode="lm", num_context=16)
+    pad = 16 - 7
+    assert ex.num_input == 1
+    assert list(ex.x) == [SOT, SEG] + ids("ab") + [SEP] + ids("c") + [EOT] + [NOT] * pad
+    assert list(ex.y) == [-1] + ids("ab。c") + [EOT] + [-1] * (pad + 1)
+
+
+class PunctuationEncoder(CharEncoder):
+    ALPHABET = CharEncoder.ALPHABET + "｡．？！:：;；"
+
+
+def test_every_sentence_end_becomes_separator_in_input_only():
+    enc = PunctuationEncoder()
+    table = mt.TokenTable(enc)
+    tokens = enc.encode("a。b｡c．d.e？f！g?h!i:j：k;l；m、n")
+    doc = mt.Document(np.asarray(tokens), table)
+    [ex] = mt.examples_from_document(doc, table, mt.LayoutOptions("lm", 64),
+                                     np.random.default_rng(0), None, Counter())
+    stream_x = ex.x[2:2 + len(tokens)]
+    kept = set(enc.encode("abcdefghijklmn、"))
+    assert [x != enc.separator for x in stream_x] == [t in kept for t in tokens]
+    assert list(ex.y[1:1 + len(tokens)]) == tokens
+
+
+def test_bag_of_token_in_input_and_target():
+    [ex], stats = layout(ids("xaaaay!!!!z"), mode="lm", num_context=20)
+    stream = ids("xa") + [BAG] + ids("y!") + [BAG] + ids("z")
+    assert list(ex.y[1:1 + len(stream) + 1]) == stream + [EOT]
+    assert list(ex.x[2:2 + len(stream) + 1]) == ids("xa") + [BAG, ids("y")[0], SEP, BAG] + \
+        ids("z") + [EOT]
+    assert stats["bag_runs"] == 2
+
+
+def test_runs_shorter_than_three_and_special_runs_stay():
+    assert list(mt.compress_runs(ids("aabbb"), TABLE)) == ids("aab") + [BAG]
+    assert list(mt.compress_runs(ids("a\n\n\nb"), TABLE)) == ids("a\n\n\nb")  # <BR> special
+    assert list(mt.compress_runs(ids("ab"), TABLE)) == ids("ab")
+
+
+def test_long_document_split_into_full_examples_in_order():
+    rng = np.random.default_rng(1)
+    tokens = random_text_tokens(rng, 100)
+    examples, _ = layout(tokens, mode="lm", num_context=16)
+    covered = []
+    for ex in examples[:-1]:
+        _, stream = parts(ex)
+        assert len(stream) == 14 and EOT not in ex.x and NOT not in ex.x
+        covered += list(stream)
+        assert ex.y[-1] == tokens[len(covered)]  # the last position predicts what follows
+    _, stream = parts(examples[-1])
+    covered += list(stream)
+    assert covered == tokens
+    assert list(examples[-1].x).count(EOT) == 1
+
+
+@pytest.mark.parametrize("mode", ["lm", "mlm", "hybrid"])
+def test_examples_cover_the_document_exactly_once(mode):
+    rng = np.random.default_rng(2)
+    for trial in range(30):
+        tokens = random_text_tokens(rng, int(rng.integers(1, 120)))
+        examples, _ = layout(tokens, rng_seed=trial, mode=mode, num_context=24, num_mask=0.0)
+        covered = []
+        for ex in examples:
+            prefix, stream = parts(ex)
+            covered += list(prefix) + list(stream)
+            assert ex.x[0] == SOT and ex.x[ex.num_input] == SEG
+        assert covered == tokens
+        assert [list(ex.x).count(EOT) for ex in examples] == [0] * (len(examples) - 1) + [1]
+
+
+def test_mlm_prefix_fills_the_context():
+    tokens = random_text_tokens(np.random.default_rng(3), 200)
+    examples, _ = layout(tokens, mode="mlm", num_context=32, num_mask=0.0)
+    start = 0
+    for ex in examples[:-1]:
+        assert ex.num_input == 31 and ex.x[31] == SEG
+        start += 30
+        assert ex.y[31] == tokens[start]  # the segmenter predicts the next token
+        assert np.all(ex.y[:31] == -1)  # no masks: no loss in the prefix
+    last = examples[-1]
+    assert last.x[last.num_input + 1] == EOT and last.y[last.num_input] == EOT
+
+
+def test_prefix_keeps_punctuation_and_has_no_loss_without_masks():
+    [ex], _ = layout(ids("ab。cd"), mode="mlm", num_context=16, num_mask=0.0)
+    assert list(ex.x[:8]) == [SOT] + ids("ab。cd") + [SEG, EOT]
+    assert list(ex.y[:8]) == [-1] * 6 + [EOT, -1]
+
+
+def test_masking_rates_and_targets():
+    rng = np.random.default_rng(4)
+    tokens = random_text_tokens(rng, 40000)
+    examples, stats = layout(tokens, rng_seed=5, mode="mlm", num_context=64, num_mask=0.15,
+                             max_mask=1000)
+    kinds, start, prefix_total = Counter(), 0, 0
+    for ex in examples:
+        n = ex.num_input
+        original = np.asarray(tokens[start:start + n - 1])
+        start += n - 1 + lm_length(ex)
+        prefix_total += n - 1
+        targets = ex.y[:n - 1]
+        masked = np.flatnonzero(targets >= 0) + 1  # y[p-1] holds the target of position p
+        assert np.array_equal(targets[masked - 1], original[masked - 1])
+        unmasked = np.setdiff1d(np.arange(1, n), masked)
+        assert np.array_equal(ex.x[unmasked], original[unmasked - 1])
+        for p in masked:
+            x = ex.x[p]
+            kinds["mask" if x == MASK else "same" if x == original[p - 1] else "random"] += 1
+            assert x == MASK or not ENC.is_special(int(x))
+    total = sum(kinds.values())
+    assert total == stats["masked_tokens"]
+    assert abs(total / prefix_total - 0.15) < 0.01
+    assert abs(kinds["mask"] / total - 0.8) < 0.03
+    assert abs(kinds["random"] / total - 0.1) < 0.03
+    assert abs(kinds["same"] / total - 0.1) < 0.03
+
+
+def test_max_mask_caps_each_example():
+    tokens = random_text_tokens(np.random.default_rng(6), 3000)
+    examples, _ = layout(tokens, mode="mlm", num_context=64, num_mask=0.5, max_mask=3)
+    counts = [int(np.count_nonzero(ex.y[:ex.num_input] >= 0)) for ex in examples[:-1]]
+    assert max(counts) == 3 and min(counts) == 3  # 62 * 0.5 masked expected: always capped
+
+
+def test_lm_mode_has_no_prefix_and_no_masks():
+    tokens = random_text_tokens(np.random.default_rng(7), 500)
+    examples, stats = layout(tokens, mode="lm", num_context=32, num_mask=0.5)
+    assert all(ex.num_input == 1 for ex in examples)
+    assert stats["masked_tokens"] == 0 and MASK not in np.concatenate([e.x for e in examples])
+
+
+def test_hybrid_share_and_uniform_prefix_length():
+    tokens = random_text_tokens(np.random.default_rng(8), 60000)
+    examples, _ = layout(tokens, rng_seed=9, mode="hybrid", num_context=64, hybrid_rate=0.3)
+    lengths = np.array([ex.num_input - 1 for ex in examples[:-1]])
+    with_prefix = lengths[lengths > 0]
+    # a hybrid example draws 0 with probability 1/62; 0.3 * 61/62 carry a prefix
+    assert abs(len(with_prefix) / len(lengths) - 0.3 * 61 / 62) < 0.05
+    assert with_prefix.max() <= 61  # uniform in [0, num_context - 2)
+    assert abs(with_prefix.mean() - 31) < 4  # mean of 1..61
+    assert abs(np.mean(with_prefix <= 31) - 0.5) < 0.1
+
+
+def test_next_sentence_part():
+    rng = np.random.default_rng(10)
+    sentences = ["".join(rng.choice(list("abcdefgh"), int(rng.integers(2, 6)), replace=False))
+                 + "。" for _ in range(800)]  # no repeated letters: no <|bagoftoken|>
+    tokens = ids("".join(sentences))
+    examples, stats = layout(tokens, rng_seed=11, mode="lm", num_context=32, use_nextsent=True)
+    labels, pos = Counter(), 0
+    for ex in examples:
+        if SEP not in ex.x[:ex.num_input]:  # the document's tail: nothing left to follow
+            continue
+        q = list(ex.x).index(SEP)
+        sentence, label = list(ex.x[1:q]), ex.y[q - 1]
+        assert sentence[-1] == ids("。")[0] and np.all(ex.y[:q - 1] == -1)
+        assert ex.num_input == q + 1  # lm mode: the segmenter follows the separator
+        true_sentence = list(tokens[pos:pos + len(sentence)])
+        if label == SEP:
+            labels["true"] += 1
+            assert sentence == true_sentence
+        else:
+            assert label == EOT
+            labels["false"] += 1
+            assert sentence != true_sentence
+        pos = tokens.index(ids("。")[0], pos) + 1  # the taken sentence is consumed
+        stream = list(ex.y[ex.num_input:ex.num_input + lm_length(ex)])
+        assert stream == list(tokens[pos:pos + len(stream)])
+        pos += len(stream)
+    assert labels["true"] == stats["nextsent_true"] and labels["false"] == stats["nextsent_false"]
+    assert abs(labels["true"] / sum(labels.values()) - 0.5) < 0.12
+
+
+def test_nextsent_is_capped_keeping_its_end():
+    long_sentence = ids("abcdefghij" * 4 + "。")
+    [ex, *_], _ = layout(long_sentence + ids("xy"), mode="lm", num_context=16,
+                         use_nextsent=True)
+    cap = (16 - 4) // 4
+    assert list(ex.x[1:1 + cap]) == long_sentence[-cap:] and ex.x[1 + cap] == SEP
+
+
+def test_fractional_weight_schedule():
+    assert mt.pass_keep_rates(1) == [1.0]
+    assert mt.pass_keep_rates(2) == [1.0, 1.0]
+    assert mt.pass_keep_rates(2.5) == [1.0, 1.0, 0.5]
+    assert mt.pass_keep_rates(0.25) == [0.25]
+    assert mt.pass_keep_rates(0) == []
+
+
+# ---------------------------------------------------------------- reading text
+def reference_documents(text):
+    """Documents by the rule: two or more blank lines separate them."""
+    docs = []
+    for chunk in re.split(r"\n(?:[ \t\r\f\v]*\n){2,}", text):
+        lines = ["" if not line.strip() else line for line in chunk.split("\n")]
+        while lines and not lines[0]:
+            lines.pop(0)
+        while lines and not lines[-1]:
+            lines.pop()
+        if lines:
+            docs.append(lines)
+    return docs
+
+
+def read_all(path, block_bytes):
+    size, docs, stats = os.path.getsize(path), [], Counter()
+    for start in range(0, max(size, 1), block_bytes):
+        end = min(size, start + block_bytes)
+        docs += [lines for lines, _ in mt.read_block_documents(path, start, end, stats)]
+    return docs, stats
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["a", "あ", "\n", " ", "bc"]), max_size=60))
+def test_blocks_split_documents_like_one_pass(pieces):
+    text = "".join(pieces)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "t.txt")
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        expected = reference_documents(text)
+        for block in (1, 2, 3, 5, 8, 1000):
+            assert read_all(path, block)[0] == expected, block
+
+
+def test_undecodable_lines_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"\xef\xbb\xbfgood\r\n\xff\xfe bad\r\nmore\n\n\nsecond\n")
+    docs, stats = read_all(str(path), 1 << 20)
+    assert docs == [["good", "more"], ["second"]]
+    assert stats["undecodable_lines"] == 1
+
+
+# ---------------------------------------------------------------- TFRecord bytes
+def test_crc32c_check_value():
+    assert mt.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    rng = np.random.default_rng(12)
+    messages = [rng.integers(0, 256, int(rng.integers(4, 3000)), dtype=np.uint8).tobytes()
+                for _ in range(20)] + [b"123456789"]
+    assert mt.crc32c_many(messages) == [mt.crc32c(m) for m in messages]
+
+
+@pytest.fixture(scope="module")
+def tf():
+    from model.compat import tf
+    return tf
+
+
+def test_examples_serialize_exactly_like_tensorflow(tf):
+    rng = np.random.default_rng(13)
+    rows = {"x": rng.integers(0, 70000, (3, 40)), "y": rng.integers(-1, 300, (3, 40)),
+            "num_input": [[5], [0], [2 ** 40]], "i": [[-7], [1], [3]]}
+    ours = mt.serialize_examples(rows)
+    for r, data in enumerate(ours):
+        feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[int(v) for v in np.ravel(rows[name][r])])) for name in rows}
+        reference = tf.train.Example(features=tf.train.Features(feature=feature))
+        assert data == reference.SerializeToString()
+
+
+def read_records(tf, path):
+    out = []
+    for data in tf.io.tf_record_iterator(path):  # checks both CRCs of every record
+        feature = tf.train.Example.FromString(data).features.feature
+        out.append({k: list(feature[k].int64_list.value) for k in ("x", "y", "num_input", "i")})
+    return out
+
+
+def make_examples(rng, n, num_context):
+    return [mt.Example(rng.integers(0, 36000, num_context), rng.integers(-1, 36000, num_context),
+                       int(rng.integers(1, num_context))) for _ in range(n)]
+
+
+def test_records_read_back_identically(tf, tmp_path):
+    examples = make_examples(np.random.default_rng(14), 5, 12)
+    writer = mt.ShardWriter(str(tmp_path / "a-00000-00000.tfrecord"), class_id=9)
+    for ex in examples:
+        writer.write(ex)
+    writer.commit()
+    assert not glob.glob(str(tmp_path / "*.tmp"))
+    from model import inputs
+    ds = inputs.read_dataset(str(tmp_path / "a-*.tfrecord"), 2, 12, shuffle=False,
+                             repeat=False)
+    batches = []
+    get = tf.data.make_one_shot_iterator(ds).get_next()
+    with tf.Session() as sess:
+        while True:
+            try:
+                batches.append(sess.run(get))
+            except tf.errors.OutOfRangeError:
+                break
+    assert len(batches) == 2  # 5 records in batches of 2: the incomplete third is dropped
+    for b, batch in enumerate(batches):
+        assert batch["x"].shape == (2, 12) and batch["num_input"].shape == (2,)
+        assert all(v.dtype == np.int32 for v in batch.values())
+        for j in range(2):
+            ex = examples[2 * b + j]
+            assert np.array_equal(batch["x"][j], ex.x) and np.array_equal(batch["y"][j], ex.y)
+            assert batch["num_input"][j] == ex.num_input and batch["i"][j] == 9
+    assert inputs.count_records([str(tmp_path / "a-00000-00000.tfrecord")]) == 5
+
+
+def test_read_dataset_errors(tf, tmp_path):
+    from model import inputs
+    with pytest.raises(UserError, match="nothing-here"):
+        inputs.read_dataset(str(tmp_path / "nothing-here*"), 2, 12)
+    writer = mt.ShardWriter(str(tmp_path / "b-00000-00000.tfrecord"), class_id=0)
+    writer.write(make_examples(np.random.default_rng(15), 1, 12)[0])
+    writer.commit()
+    with pytest.raises(UserError, match="num_context"):
+        inputs.read_dataset(str(tmp_path / "b-*"), 1, 16)
+    both = "%s,%s" % (tmp_path / "nothing-here*", tmp_path / "b-*")
+    assert inputs.list_record_files(both) == [str(tmp_path / "b-00000-00000.tfrecord")]
+
+
+# ---------------------------------------------------------------- whole runs
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def run(files, tmp_path, out="out", num_process=1, block_bytes=1 << 20, seed=0, stats=None,
+        factory=char_encoder, clean=False, **layout_options):
+    """convert() with CharEncoder; returns (stats, shards, output folder)."""
+    options = dict(mode="lm", num_context=32)
+    options.update(layout_options)
+    output = None if out is None else str(tmp_path / out)
+    if output:
+        os.makedirs(output, exist_ok=True)
+    job = mt.Job(mt.LayoutOptions(**options), factory, seed, clean, output, "t")
+    stats, shards = mt.convert(files, job, num_process, block_bytes, stats, progress=False)
+    return stats, shards, output
+
+
+def shard_bytes(output):
+    return {os.path.basename(p): open(p, "rb").read()
+            for p in sorted(glob.glob(os.path.join(output, "*.tfrecord")))}
+
+
+DOCS = "\n\n\n".join("abc。de\nfg" * (k % 7 + 1) for k in range(300))
+
+
+def test_csv_classes_and_weights(tf, tmp_path):
+    write(tmp_path / "a.txt", DOCS)
+    write(tmp_path / "b.txt", DOCS)
+    write(tmp_path / "c.txt", DOCS)
+    csv_path = write(tmp_path / "list.csv", "filename,fileid,weight\n"
+                     "a.txt,7,1\nb.txt,3,2\nc.txt,5,0.5\n")
+    files = mt.files_from_csv(csv_path, mt.RunStats())
+    stats, shards, out = run(files, tmp_path)
+    per_class = Counter()
+    for name in shards:
+        for record in read_records(tf, os.path.join(out, name)):
+            per_class[record["i"][0]] += 1
+    assert set(per_class) == {7, 3, 5}
+    assert per_class[3] == 2 * per_class[7]
+    # 0.5: each example kept with probability 1/2 (binomial, 5 sigma)
+    n = per_class[7]
+    assert abs(per_class[5] - n / 2) < 5 * np.sqrt(n / 4)
+    assert stats["records"] == sum(per_class.values()) == sum(shards.values())
+
+
+def test_reruns_are_byte_identical_whatever_the_process_count(tmp_path):
+    files = [mt.InputFile(k, write(tmp_path / ("%d.txt" % k), DOCS[k * 100:]), k)
+             for k in range(3)]
+    options = dict(mode="hybrid", num_context=32, use_nextsent=True, block_bytes=1500)
+    _, shards, out1 = run(files, tmp_path, "one", **options)
+    _, _, out2 = run(files, tmp_path, "again", **options)
+    _, _, out3 = run(files, tmp_path, "two", num_process=2, **options)
+    _, _, out4 = run(files, tmp_path, "seed", seed=1, **options)
+    assert len(shards) > 3  # several blocks per file, so both workers get work
+    assert shard_bytes(out1) == shard_bytes(out2) == shard_bytes(out3)
+    assert shard_bytes(out1) != shard_bytes(out4)
+
+
+def test_a_failing_worker_stops_the_run_instead_of_hanging(tmp_path):
+    files = [mt.InputFile(k, write(tmp_path / ("%d.txt" % k), DOCS), k) for k in range(2)]
+    with pytest.raises(ValueError, match="no vocabulary"):
+        run(files, tmp_path, num_process=2, factory=broken_encoder)
+    assert not glob.glob(str(tmp_path / "out" / "*"))
+
+
+def test_a_write_error_leaves_no_partial_shard(tmp_path, monkeypatch):
+    def disk_full(features):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(mt, "serialize_examples", disk_full)
+    files = [mt.InputFile(0, write(tmp_path / "a.txt", DOCS), 0)]
+    with pytest.raises(OSError, match="No space"):
+        run(files, tmp_path)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_bad_input_is_counted_not_fatal(tf, tmp_path):
+    write(tmp_path / "good.txt", DOCS)
+    write(tmp_path / "empty.txt", "\n\n  \n")
+    (tmp_path / "broken.txt").write_bytes(b"ab\xff\xfe\ncd\n\xc3\n")
+    csv_path = write(tmp_path / "list.csv", "filename,fileid\n"
+                     "good.txt,0\nmissing.txt,1\nempty.txt,2\nbroken.txt,3\n"
+                     "good.txt,x\ngood.txt,-2\n")
+    stats = mt.RunStats()
+    files = mt.files_from_csv(csv_path, stats)
+    stats, shards, out = run(files, tmp_path, stats=stats)
+    assert stats["bad_csv_rows"] == 2 and stats["missing_files"] == 1
+    assert stats["empty_files"] == 1 and stats["undecodable_lines"] == 2
+    assert stats["files"] == 4
+    assert not glob.glob(os.path.join(out, "*.tmp"))
+    classes = {r["i"][0] for name in shards for r in read_records(tf, os.path.join(out, name))}
+    assert classes == {0, 3}
+    summary = mt.format_summary(stats, 1.0)
+    assert "missing files" in summary and "missing.txt" in summary
+
+
+def test_dry_run_counts_like_a_real_run_and_writes_nothing(tmp_path):
+    files = [mt.InputFile(0, write(tmp_path / "a.txt", DOCS), 0)]
+    real, shards, _ = run(files, tmp_path, mode="hybrid")
+    dry, dry_shards, _ = run(files, tmp_path, out=None, mode="hybrid")
+    assert dry_shards == {} and sorted(os.listdir(tmp_path)) == ["a.txt", "out"]
+    assert dry == real - Counter(shards=real["shards"])
+
+
+def test_clean_text_reaches_the_encoder(tf, tmp_path):
+    files = [mt.InputFile(0, write(tmp_path / "a.txt", "zebra"), 0)]
+    _, shards, out = run(files, tmp_path, clean=True)
+    [record] = read_records(tf, os.path.join(out, *shards))
+    assert record["x"][2] == ENC.ids["<UNK>"] and ids("z")[0] not in record["x"]
+
+
+def test_input_list_glob_and_csv_header(tmp_path):
+    a, b = write(tmp_path / "a.txt", "a"), write(tmp_path / "b.txt", "b")
+    listing = write(tmp_path / "files.lst", "# corpus\na.txt\n\n%s\nnone.txt\n" % b)
+    files = mt.files_from_list(listing)
+    assert [(f.index, f.path, f.class_id) for f in files] == [
+        (0, a, 0), (1, b, 1), (2, str(tmp_path / "none.txt"), 2)]
+    both = mt.files_from_globs("%s,%s" % (tmp_path / "b.*", tmp_path / "*.txt"))
+    assert [f.path for f in both] == [b, a]  # pattern order, then sorted; no repeats
+    with pytest.raises(UserError, match="matched no files"):
+        mt.files_from_globs(str(tmp_path / "*.md"))
+    bad_header = write(tmp_path / "x.csv", "file,id\na.txt,1\n")
+    with pytest.raises(UserError, match="filename,fileid"):
+        mt.files_from_csv(bad_header, mt.RunStats())
+
+
+# ---------------------------------------------------------------- command line
+def cli(*args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_is_fast_and_bad_flags_exit_2():
+    began = time.time()
+    shown = cli("--help")
+    assert shown.returncode == 0 and "--num_context" in shown.stdout
+    assert time.time() - began < 10
+    bad = cli("--input_files", "x", "--no_such_flag")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    wrong = cli("--input_files", "x", "--dry_run", "--mode", "bert")
+    assert wrong.returncode == 2
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+    missing = cli("--input_files", str(tmp_path / "none*.txt"), "--dry_run")
+    assert missing.returncode == 2 and "matched no files" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    write(tmp_path / "a.txt", "abc")
+    no_output = cli("--input_files", str(tmp_path / "a.txt"))
+    assert no_output.returncode == 2 and "--output_dir" in no_output.stderr
+    bad_rate = cli("--input_files", str(tmp_path / "a.txt"), "--dry_run", "--num_mask", "2")
+    assert bad_rate.returncode == 2 and "--num_mask" in bad_rate.stderr
+
+
+def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
+    write(tmp_path / "a.txt", "abc")
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = write(out / "precious.txt", "mine")
+    refused = cli("--input_files", str(tmp_path / "a.txt"), "--output_dir", str(out))
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert os.listdir(out) == ["precious.txt"] and open(keep).read() == "mine"
+
+
+@pytest.fixture(scope="module")
+def released_vocabulary():
+    shared = os.path.join(os.path.dirname(REPO), "shared", "reference")
+    vocab, emoji = os.path.join(shared, "ja-swe36k.txt"), os.path.join(shared, "emoji.json")
+    if not os.path.isfile(vocab):
+        pytest.skip("reference vocabulary not found: %s (CI puts shared/ beside the repo)"
+                    % vocab)
+    pytest.importorskip("encode_swe", reason="encode_swe.py is not in the repository yet")
+    return ["--vocabulary", vocab, "--emoji", emoji]
+
+
+def test_cli_with_the_real_encoder(released_vocabulary, tf, tmp_path):
+    text = "今日は晴れです。明日は雨でしょう！\nあああああ\n\n\n二つ目の文書です。"
+    write(tmp_path / "a.txt", text)
+    common = ["--input_files", str(tmp_path / "*.txt"), "--num_context", "32", "--mode", "lm",
+              "--no_progress", *released_vocabulary]
+    dry = cli(*common, "--dry_run")
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"documents\s+2\b", dry.stdout) and os.listdir(tmp_path) == ["a.txt"]
+    out = str(tmp_path / "out")
+    first = cli(*common, "--output_dir", out, "--use_nextsent")
+    assert first.returncode == 0, first.stderr
+    written = shard_bytes(out)
+    assert list(written) == ["train-00000-00000.tfrecord"]
+    import encode_swe
+    enc = encode_swe.load_encoder(*released_vocabulary[1::2])
+    full_stop, stops = enc.token_to_id("。"), 0
+    for record in read_records(tf, os.path.join(out, "train-00000-00000.tfrecord")):
+        x, y, n = record["x"], record["y"], record["num_input"][0]
+        assert x[0] == enc.startoftext and x[n] == enc.segmenter and len(x) == 32
+        lm_stops = [t for t in range(n, 31) if y[t] == full_stop]
+        assert all(x[t + 1] == enc.separator for t in lm_stops)
+        stops += len(lm_stops)
+    assert stops >= 1  # "二つ目の文書です。" has nothing to follow, so it stays LM text
+    again = cli(*common, "--output_dir", out, "--use_nextsent")
+    assert again.returncode == 2
+    stale = write(tmp_path / "out" / "train-00007-00000.tfrecord", "an earlier run's shard")
+    mine = write(tmp_path / "out" / "notes.txt", "not a shard")
+    forced = cli(*common, "--output_dir", out, "--use_nextsent", "--force")
+    assert forced.returncode == 0 and shard_bytes(out) == written
+    assert not os.path.exists(stale) and os.path.exists(mine)
