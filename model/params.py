@@ -5,7 +5,8 @@ Key names follow the released GPTSAN models (including the spelling
 """
 import json
 import os
-import tempfile
+
+from model.atomic import write_json_atomic
 
 MODEL_KEYS = ("num_contexts", "num_switch_layers", "num_ext_layers", "num_hidden",
               "num_header", "num_experts", "num_vocabulary", "num_pallarelizm")
@@ -86,23 +87,6 @@ def save(params, path):
         path = os.path.join(path, "parameters.json")
     validate(params, path)
     write_json_atomic(params, path)
-
-
-def write_json_atomic(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def num_layers(model_params):

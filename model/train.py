@@ -4,7 +4,6 @@ Builds the graph (records -> model -> loss -> optimizer) on a mesh, resumes
 from the latest checkpoint in the output directory, trains with a progress
 bar, checkpoints every N steps / hours and on SIGINT/SIGTERM.
 """
-import json
 import os
 import signal
 import time
@@ -354,8 +353,4 @@ def describe(trainer):
             + 4 * c["trainable"] + activations}
 
 
-def save_json(obj, path):
-    params_lib.write_json_atomic(obj, path)
-
-
-__all__ = ["TrainOptions", "Trainer", "describe", "save_json", "json"]
+__all__ = ["TrainOptions", "Trainer", "describe"]

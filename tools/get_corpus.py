@@ -53,6 +53,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import cli  # noqa: E402
+from model.atomic import write_text_atomic  # noqa: E402,F401  (tests use it from here)
 
 CORE_PACKAGES = ["manpages-ja", "gimp-help-ja", "debian-edu-doc-ja", "kicad-doc-ja"]
 HELDOUT_PACKAGES = ["debian-policy-ja"]
@@ -663,29 +664,6 @@ def build_shard_text(sources, dedup, use_groff, label):
 
 def warn(message):
     sys.stderr.write("get_corpus: warning: %s\n" % message)
-
-
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path, text):
-    """Write to a temporary name in the same folder, then rename over path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def shard_statistics(path):
