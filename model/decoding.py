@@ -1,0 +1,541 @@
+"""Cached autoregressive decoding inside one TensorFlow graph.
+
+The prompt goes through the network once (a padded buffer of P positions);
+its keys/values fill a fixed-size cache of num_contexts (C) positions. Then
+an `mtf.while_loop` feeds one token per step against that cache, samples the
+next token and writes the step's keys/values into the cache with a one-hot
+over memory, so every step costs the same whatever the output length, and no
+Python runs between tokens.
+
+When a sequence outgrows C, the Python driver (`generate`) re-prompts with the
+most recent C//2 tokens and runs the loop again: one session call per window.
+
+Sequence index i (0 = first prompt token) lives in cache slot i and gets the
+position embedding min(i + s, C - 1), where s = 1 when a spout is given (the
+spout is the extra past slot placed before everything, as network.model does).
+"""
+import os
+
+import numpy as np
+
+from model import mesh as meshlib
+from model import network, runtime
+from model.cli import UserError
+from model.compat import mtf, tf
+
+NEG_INF = -1e9
+# Added to a step counter to pick a fresh random stream for every loop step.
+SEED_STRIDE = 1 << 20
+
+
+class Sampling:
+    """How the next token is picked.
+
+    top_k: 1 = greedy; 0 = the whole vocabulary; k = the k best logits.
+    top_p: nucleus sampling over those candidates (1.0 = off).
+    banned: ids never emitted. end_id: the id that ends a row (None: never).
+    """
+
+    def __init__(self, top_k=120, top_p=1.0, temperature=1.0, banned=(), end_id=None):
+        if top_k < 0:
+            raise UserError("--top_k must be >= 0 (0 = no limit), got %d" % top_k)
+        if not 0.0 < top_p <= 1.0:
+            raise UserError("--top_p must be in (0, 1], got %g" % top_p)
+        if temperature <= 0.0:
+            raise UserError("--temperature must be > 0, got %g" % temperature)
+        self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
+        self.banned, self.end_id = tuple(banned), end_id
+
+    @property
+    def greedy(self):
+        return self.top_k == 1
+
+
+def bucket(n, cap):
+    """The next power of two >= n, capped."""
+    return min(cap, 1 << max(0, int(n - 1).bit_length()))
+
+
+def prompt_buffer_length(longest_prompt, max_generate, num_contexts):
+    """Static prompt length P of the graph. When the output will need a window
+    slide, the buffer must also hold the re-encoded recent half (C//2)."""
+    p = bucket(longest_prompt, num_contexts)
+    if min(longest_prompt, num_contexts) + max_generate > num_contexts:
+        p = max(p, bucket(num_contexts // 2, num_contexts))
+    return p
+
+
+class Decoder:
+    """One lowered decoding graph: fixed batch, prompt buffer P, max steps S."""
+
+    def __init__(self, model_params, batch_size, prompt_length, max_steps, sampling,
+                 devices=None, with_spout=False, activation_dtype=tf.float32, on_emit=None):
+        self.params = model_params
+        self.batch_size, self.prompt_length, self.max_steps = batch_size, prompt_length, max_steps
+        self.num_contexts = model_params["num_contexts"]
+        if prompt_length > self.num_contexts:
+            raise ValueError("prompt buffer %d exceeds num_contexts %d"
+                             % (prompt_length, self.num_contexts))
+        self.sampling = sampling
+        self.with_spout = with_spout
+        self.activation_dtype = activation_dtype
+        self.on_emit = on_emit
+        self.devices = devices or runtime.Devices.local(model_params["num_pallarelizm"])
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self._build()
+
+    # ----------------------------------------------------------------- graph
+    def _build(self):
+        mtf_graph, mesh = meshlib.new_mesh()
+        cfg = network.Config(self.params, activation_dtype=self.activation_dtype,
+                             layout=meshlib.LAYOUT, mesh_shape=self.devices.shape)
+        if self.activation_dtype != tf.float32:
+            # Store the weights in the activation dtype too: that is what halves memory.
+            cfg.variable_dtype = mtf.VariableDType(self.activation_dtype, self.activation_dtype,
+                                                   self.activation_dtype)
+        self.cfg, self.mesh = cfg, mesh
+        d = cfg.dims
+        B, P = self.batch_size, self.prompt_length
+        self.batch = mtf.Dimension("batch", B)
+        self.feeds = {
+            "prompt": tf.placeholder(tf.int32, [B, P], "prompt"),
+            "prompt_len": tf.placeholder(tf.int32, [B], "prompt_len"),
+            "num_precontext": tf.placeholder(tf.int32, [B], "num_precontext"),
+            "done": tf.placeholder(tf.bool, [B], "done"),
+            "max_steps": tf.placeholder(tf.int32, [], "max_steps"),
+            "seed": tf.placeholder(tf.int64, [], "seed"),
+            "seed_offset": tf.placeholder(tf.int64, [], "seed_offset"),
+            "end_id": tf.placeholder_with_default(
+                tf.constant(-1 if self.sampling.end_id is None else self.sampling.end_id,
+                            tf.int32), [], "end_id"),
+        }
+        spout = None
+        if self.with_spout:
+            if not d.num_spout:
+                raise UserError("this model has no spout weights (num_spout is 0 in "
+                                "parameters.json); run with --spout none")
+            self.feeds["spout"] = tf.placeholder(tf.float32, [B, d.num_spout], "spout")
+            spout = self._import("spout", [self.batch, d.spout])
+        self.spout_slots = 1 if spout is not None else 0
+        self.seed = self._import("seed", [])
+        self.seed_offset = self._import("seed_offset", [])
+        self.end_id = self._import("end_id", [])
+        self.vocab_bias = self._banned_bias()
+
+        outputs = self._decode(spout)
+        impl = meshlib.placement(self.devices.shape, self.devices.devices)
+        self.lowering = mtf.Lowering(mtf_graph, {mesh: impl})
+        self.fetches = {k: self.lowering.export_to_tf_tensor(v) for k, v in outputs.items()}
+        self.expected = runtime.expected_variables(self.graph)
+        self.variables = self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+        self._copy = self.lowering.copy_masters_to_slices()
+        self.session = tf.Session(self.devices.target, graph=self.graph,
+                                  config=self.devices.config)
+
+    def _import(self, name, dims):
+        return runtime.import_tensor(self.mesh, self.feeds[name], dims)
+
+    def _banned_bias(self):
+        bias = np.zeros([self.cfg.dims.vocab.size], np.float32)
+        bias[list(self.sampling.banned)] = NEG_INF
+        return runtime.import_tensor(self.mesh, tf.constant(bias), [self.cfg.dims.vocab])
+
+    def _decode(self, spout):
+        """Prompt pass, first token, then the while loop; returns mtf outputs."""
+        B, C, S = self.batch, self.num_contexts, self.max_steps
+        length = mtf.Dimension("length", self.prompt_length)
+        steps_dim = mtf.Dimension("steps", S)
+        prompt = self._import("prompt", [B, length])
+        prompt_len = self._import("prompt_len", [B])
+        done_in = self._import("done", [B])
+        max_steps = self._import("max_steps", [])
+        out = network.model(prompt, self.cfg, num_precontext=self._import("num_precontext", [B]),
+                            spout=spout)
+        logits = network.gather_position(out["logits"], prompt_len - 1, length)
+        step0 = mtf.zeros(self.mesh, [], tf.int32)
+        token, logprob = self._choose(logits, step0)
+        active = mtf.logical_not(done_in)
+        token = self._emit(step0, token, active)
+        state = self._record(step0, token, logprob, active, done_in,
+                             tokens=mtf.zeros(self.mesh, [B, steps_dim], tf.int32),
+                             lengths=mtf.zeros(self.mesh, [B], tf.int32),
+                             sum_logprob=mtf.zeros(self.mesh, [B], tf.float32))
+        cache = self._cache_layout(mtf.pad(out["presents"], [0, C - self.prompt_length],
+                                           "memory"))
+        pos = prompt_len  # sequence index of the token emitted but not yet fed
+
+        def cond(step, cache, tokens, last, pos, done, lengths, sum_logprob):
+            running = mtf.reduce_any(mtf.logical_not(done))
+            room = mtf.reduce_all(mtf.logical_or(done, mtf.less(pos, C)))
+            return mtf.logical_and(mtf.logical_and(mtf.less(step, max_steps), running), room)
+
+        def body(step, cache, tokens, last, pos, done, lengths, sum_logprob):
+            logits, cache = self._step(cache, last, pos, spout)
+            token, logprob = self._choose(logits, step)
+            active = mtf.logical_not(done)
+            token = self._emit(step, token, active)
+            state = self._record(step, token, logprob, active, done, tokens, lengths, sum_logprob)
+            return [step + 1, cache, state["tokens"], token, pos + 1, state["done"],
+                    state["lengths"], state["sum_logprob"]]
+
+        final = mtf.while_loop(cond, body, [step0 + 1, cache, state["tokens"], token, pos,
+                                            state["done"], state["lengths"], state["sum_logprob"]])
+        return {"tokens": final[2], "done": final[5], "lengths": final[6],
+                "sum_logprob": final[7]}
+
+    def _record(self, step, token, logprob, active, done, tokens, lengths, sum_logprob):
+        """Write this step's token for the rows still running."""
+        steps_dim = tokens.shape.dims[1]
+        active_int = mtf.cast(active, tf.int32)
+        write = mtf.one_hot(step, steps_dim, on_value=1, off_value=0, dtype=tf.int32)
+        tokens += mtf.einsum([token * active_int, write], output_shape=tokens.shape)
+        ended = mtf.logical_and(active, mtf.equal(token, self.end_id))
+        return {"tokens": tokens, "lengths": lengths + active_int,
+                "sum_logprob": sum_logprob + logprob * mtf.cast(active, tf.float32),
+                "done": mtf.logical_or(done, ended)}
+
+    def _step(self, cache, last, pos, spout):
+        """Feed one token per row at its own position; return logits and the new cache."""
+        d, B, C = self.cfg.dims, self.batch, self.num_contexts
+        one = mtf.Dimension("length", 1)
+        fed = mtf.minimum(pos, C - 1)  # finished rows keep stepping; keep them in range
+        tokens = mtf.reshape(last, [B, one])
+        positions = mtf.reshape(mtf.minimum(fed + self.spout_slots, C - 1), [B, one])
+        memory = mtf.Dimension("memory", self.spout_slots + C + 1)
+        slot = mtf.range(self.mesh, memory, tf.int32) - self.spout_slots
+        visible = mtf.logical_or(mtf.less(slot, fed, output_shape=[B, memory]),
+                                 mtf.equal(slot, C), output_shape=[B, memory])
+        out = network.model(tokens, self.cfg, pasts=cache, key_valid=mtf.cast(visible, tf.float32),
+                            positions=positions, spout=spout)
+        logits = mtf.reshape(out["logits"], [B, d.vocab])
+        present = mtf.reshape(out["presents"], out["presents"].shape - [mtf.Dimension("memory", 1)])
+        return logits, self._write_cache(cache, present, fed)
+
+    @staticmethod
+    def _cache_layout(presents):
+        """[layers, two, batch, header, memory, kv]: network.model splits pasts
+        by layer and key/value; with those dimensions leading, TensorFlow's
+        unstack hands out views instead of copying the whole cache every step."""
+        names = ["layers", "two", "batch", "header", "memory", "kv"]
+        return mtf.transpose(presents, [presents.shape.get_dim_by_name(n) for n in names])
+
+    def _write_cache(self, cache, present, slot):
+        """cache[..., b, :, slot[b], :] = present[b, ...]: a one-hot select over
+        memory, done as one tf.where per slice (a single pass over the cache;
+        multiply-and-add would take three)."""
+        memory = cache.shape.get_dim_by_name("memory")
+        present = mtf.transpose(present, cache.shape - memory)
+        write = mtf.equal(mtf.range(self.mesh, memory, tf.int32), slot,
+                          output_shape=[self.batch, memory])
+
+        def put(cache, present, write):
+            return tf.where_v2(write[None, None, :, None, :, None], present[:, :, :, :, None, :],
+                               cache)
+
+        return mtf.slicewise(put, [cache, present, write], output_shape=cache.shape,
+                             output_dtype=cache.dtype, splittable_dims=cache.shape.dims)
+
+    def _choose(self, logits, step):
+        """Sample (or argmax) the next token; also its log-probability under the
+        untempered distribution with banned tokens removed."""
+        vocab = self.cfg.dims.vocab
+        s = self.sampling
+        logits = logits + self.vocab_bias
+        log_probs = mtf.log_softmax(logits, vocab)
+        if s.greedy:
+            token = mtf.argmax(logits, vocab)
+        else:
+            scaled = logits * (1.0 / s.temperature)
+            if s.top_k == 0 and s.top_p >= 1.0:
+                token = mtf.argmax(scaled + self._gumbel(vocab, step), vocab)
+            else:
+                token = self._choose_among_best(scaled, step)
+        logprob = mtf.reduce_sum(log_probs * mtf.one_hot(token, vocab), reduced_dim=vocab)
+        return token, logprob
+
+    def _choose_among_best(self, scaled, step):
+        vocab = self.cfg.dims.vocab
+        s = self.sampling
+        k = mtf.Dimension("top_k", min(s.top_k or vocab.size, vocab.size))
+        values, ids = mtf.top_k(scaled, vocab, k)
+        if s.top_p < 1.0:
+            mass_before = mtf.cumsum(mtf.softmax(values, k), k, exclusive=True)
+            values += mtf.cast(mtf.greater_equal(mass_before, s.top_p), tf.float32) * NEG_INF
+        choice = mtf.argmax(values + self._gumbel(k, step), k)
+        picked = mtf.one_hot(choice, k, on_value=1, off_value=0, dtype=tf.int32)
+        return mtf.reduce_sum(ids * picked, reduced_dim=k)
+
+    def _gumbel(self, dim, step):
+        """Gumbel noise [batch, dim] from a stateless generator keyed by
+        (seed, seed_offset + step): same seed, same text, on any mesh. The noise
+        is made replicated (a batch dimension the layout does not split), so
+        every device draws the same values, then laid out like the batch."""
+        full = mtf.Dimension("sample_batch", self.batch.size)
+
+        def draw(seed, offset, step):
+            u = tf.random.stateless_uniform([full.size, dim.size], tf.stack(
+                [seed, offset + tf.cast(step, tf.int64)]), minval=1e-20, maxval=1.0)
+            return -tf.math.log(-tf.math.log(u))
+
+        noise = mtf.slicewise(draw, [self.seed, self.seed_offset, step],
+                              output_shape=mtf.Shape([full, dim]), output_dtype=tf.float32,
+                              splittable_dims=[])
+        return mtf.rename_dimension(noise, full.name, self.batch.name)
+
+    def _emit(self, step, token, active):
+        """Hand each new token to on_emit (Python) from inside the loop; used by
+        --stream. The returned token depends on the call, so it always runs."""
+        if self.on_emit is None:
+            return token
+        full = mtf.Dimension("emit_batch", self.batch.size)
+        callback, slices_built = self.on_emit, []
+
+        def report(step, tokens, active):
+            callback(int(step), tokens, active)
+            return np.int32(0)
+
+        def call(step, token, active):
+            # The tensors are replicated: only the first device's slice reports,
+            # so each token reaches Python once whatever the mesh.
+            if slices_built:
+                return tf.identity(token)
+            slices_built.append(True)
+            reported = tf.numpy_function(report, [step, token, active], tf.int32, stateful=True)
+            with tf.control_dependencies([reported]):
+                return tf.identity(token)
+
+        replicated = [mtf.rename_dimension(x, self.batch.name, full.name) for x in (token, active)]
+        emitted = mtf.slicewise(call, [step] + replicated, output_shape=mtf.Shape([full]),
+                                output_dtype=tf.int32, splittable_dims=[])
+        return mtf.rename_dimension(emitted, full.name, self.batch.name)
+
+    # --------------------------------------------------------------- weights
+    def restore(self, model_dir_or_path):
+        """Load a checkpoint after checking every variable name and shape."""
+        path = model_dir_or_path
+        if os.path.isdir(path):
+            path = runtime.latest_checkpoint(path)
+        runtime.check_checkpoint(path, self.expected)
+        with self.graph.as_default():
+            if all(v.dtype.base_dtype == tf.float32 for v in self.variables):
+                tf.train.Saver(var_list=self.variables, sharded=True).restore(self.session, path)
+            else:
+                self._restore_cast(path)
+        self.session.run(self._copy)
+        return self
+
+    def _restore_cast(self, path):
+        """Load float32 checkpoint tensors into lower-precision variables one at
+        a time, so memory never holds a float32 copy of the whole model."""
+        prefix = tf.placeholder(tf.string, [])
+        for var in self.variables:
+            stored = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[var.op.name],
+                                          shape_and_slices=[""], dtypes=[tf.float32])[0]
+            self.session.run(tf.assign(var, tf.cast(stored, var.dtype.base_dtype)),
+                             {prefix: path})
+
+    def init_random(self):
+        """Random weights (benchmarks, the scale check). One variable at a time
+        keeps the peak memory at the weights plus the largest single tensor.
+        (Constant initial values would be worse: TensorFlow folds tf.zeros
+        into a constant and keeps it, doubling the memory.)"""
+        for var in self.variables:
+            self.session.run(var.initializer)
+        self.session.run(self._copy)
+        return self
+
+    def save(self, path):
+        with self.graph.as_default():
+            return tf.train.Saver(var_list=self.variables, sharded=True).save(self.session, path)
+
+    # ------------------------------------------------------------------- run
+    def run_window(self, prompt, prompt_len, num_precontext, done, steps, seed, seed_offset,
+                   spout=None, end_id=None):
+        """One session call: returns tokens [B, S], lengths, sum_logprob, done.
+        end_id overrides sampling.end_id (-1: never stop early)."""
+        feed = {self.feeds["prompt"]: prompt, self.feeds["prompt_len"]: prompt_len,
+                self.feeds["num_precontext"]: num_precontext, self.feeds["done"]: done,
+                self.feeds["max_steps"]: steps, self.feeds["seed"]: seed,
+                self.feeds["seed_offset"]: seed_offset}
+        if self.with_spout:
+            feed[self.feeds["spout"]] = spout
+        if end_id is not None:
+            feed[self.feeds["end_id"]] = end_id
+        return self.session.run(self.fetches, feed)
+
+    def close(self):
+        self.session.close()
+
+
+class Result:
+    """One row's output: generated ids (including a final end id if any)."""
+
+    def __init__(self):
+        self.tokens, self.sum_logprob, self.ended = [], 0.0, False
+
+    @property
+    def mean_logprob(self):
+        return self.sum_logprob / max(1, len(self.tokens))
+
+
+def slide(window, num_precontext, keep):
+    """Keep the last `keep` tokens; prefix tokens that stay keep their role."""
+    dropped = max(0, len(window) - keep)
+    return window[dropped:], max(0, num_precontext - dropped)
+
+
+class Windows:
+    """Per-row sequence windows fed to the decoder, sliding as they grow."""
+
+    def __init__(self, prompts, num_precontext, num_contexts, prompt_length):
+        self.num_contexts, self.prompt_length = num_contexts, prompt_length
+        # A prompt longer than the buffer keeps its most recent tokens.
+        self.rows = [slide(list(p), n, prompt_length) for p, n in zip(prompts, num_precontext)]
+
+    def extend(self, row, tokens):
+        window, npc = self.rows[row]
+        window = window + list(tokens)
+        if len(window) > self.prompt_length:
+            window, npc = slide(window, npc, self.num_contexts // 2)
+        self.rows[row] = (window, npc)
+
+    def arrays(self, batch_size):
+        prompt = np.zeros([batch_size, self.prompt_length], np.int32)
+        lengths = np.ones([batch_size], np.int32)
+        npc = np.zeros([batch_size], np.int32)
+        for i, (window, n) in enumerate(self.rows):
+            prompt[i, :len(window)] = window
+            lengths[i], npc[i] = len(window), n
+        return prompt, lengths, npc
+
+
+def generate(decoder, prompts, num_precontext, max_generate, seed=0, spout=None,
+             seed_offset=0, end_id=None):
+    """Decode every prompt (list of ids) for up to max_generate tokens.
+
+    The batch is filled with finished dummy rows; spout holds one vector per
+    prompt. One session call per window. Returns a list of Result; the
+    optional decoder.on_emit sees every token as it is sampled.
+    """
+    B = decoder.batch_size
+    if len(prompts) > B:
+        raise ValueError("%d prompts for a batch of %d" % (len(prompts), B))
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt")
+    windows = Windows(prompts, num_precontext, decoder.num_contexts, decoder.prompt_length)
+    windows.rows += [([0], 0)] * (B - len(prompts))
+    results = [Result() for _ in prompts]
+    done = np.arange(B) >= len(prompts)
+    spout_batch = None
+    if spout is not None:
+        spout_batch = np.zeros([B, decoder.cfg.dims.num_spout], np.float32)
+        spout_batch[:len(prompts)] = np.asarray(spout, np.float32)
+    generated, call = 0, 0
+    while generated < max_generate and not done.all():
+        steps = min(decoder.max_steps, max_generate - generated)
+        prompt, lengths, npc = windows.arrays(B)
+        out = decoder.run_window(prompt, lengths, npc, done, steps, seed,
+                                 seed_offset + call * SEED_STRIDE, spout_batch, end_id)
+        for i, r in enumerate(results):
+            new = out["tokens"][i, :int(out["lengths"][i])].tolist()
+            r.tokens += new
+            r.sum_logprob += float(out["sum_logprob"][i])
+            r.ended = bool(out["done"][i])
+            windows.extend(i, new)
+        # Rows still running advance in lockstep; finished rows report 0.
+        generated += int(out["lengths"][:len(prompts)].max(initial=0))
+        done = np.asarray(out["done"], bool)
+        call += 1
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Inference plumbing shared by run_generate.py and run_languagemodel.py.
+
+def load_model_params(model_dir):
+    """parameters.json of a model directory that also holds a checkpoint;
+    user mistakes become UserError before any graph is built."""
+    from model import params as paramslib
+    if not os.path.isdir(model_dir):
+        raise UserError("model directory not found: %s" % model_dir)
+    try:
+        model_params = paramslib.load(model_dir)["model_params"]
+    except paramslib.ParameterError as e:
+        raise UserError(str(e))
+    runtime.latest_checkpoint(model_dir)
+    return model_params
+
+
+def load_vocabulary(vocab_file, emoji_file, num_vocabulary):
+    """The encoder for these files, checked against the model's vocabulary size."""
+    import encode_swe
+    for path, what in ((vocab_file, "vocabulary file"), (emoji_file, "emoji file")):
+        if not os.path.isfile(path):
+            raise UserError("%s not found: %s (pass --vocabulary/--emoji)" % (what, path))
+    # Compare sizes first: a foreign vocabulary may not even load.
+    size = count_vocabulary(vocab_file)
+    if size != num_vocabulary:
+        raise UserError("vocabulary %s has %d tokens but the model's num_vocabulary is %d; "
+                        "use the vocabulary the model was trained with"
+                        % (vocab_file, size, num_vocabulary))
+    try:
+        enc = encode_swe.load_encoder(vocab_file, emoji_file)
+    except (OSError, ValueError) as e:
+        raise UserError("cannot load vocabulary %s: %s" % (vocab_file, e))
+    return enc
+
+
+def count_vocabulary(path):
+    """Ids in a vocabulary file: one per line, no trailing newline (encode_swe's rule)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return len(f.read().split("\n"))
+    except UnicodeDecodeError:
+        raise UserError("vocabulary %s is not UTF-8 text" % path)
+
+
+def check_tpu(tpu_nodes):
+    """TPU inference is not wired up; say so plainly instead of hanging on a
+    cluster resolver that cannot reach anything."""
+    if not tpu_nodes:
+        return
+    try:
+        import cloud_tpu_client  # noqa: F401
+        reason = "cannot reach TPU %r from this machine" % tpu_nodes
+    except ImportError:
+        reason = "cloud-tpu-client is not installed"
+    raise UserError("TPU inference needs cloud-tpu-client and a reachable TPU (%s); "
+                    "run without --tpu_nodes to use the local CPU/GPU" % reason)
+
+
+def control_ids(enc):
+    return {enc.startoftext, enc.inputmask, enc.separator, enc.nottoken, enc.bagoftoken,
+            enc.segmenter, enc.endoftext}
+
+
+def visible_ids(ids, enc, previous=None):
+    """The ids that make the text: stop at <|endoftext|>, <|bagoftoken|>
+    repeats the previous kept token (`previous` carries one from the context),
+    other control tokens are dropped."""
+    controls = control_ids(enc)
+    kept = []
+    for i in ids:
+        if i == enc.endoftext:
+            break
+        if i == enc.bagoftoken:
+            last = kept[-1] if kept else previous
+            if last is not None:
+                kept.append(last)
+        elif i not in controls:
+            kept.append(i)
+    return kept
+
+
+def last_visible(ids, enc):
+    kept = visible_ids(ids, enc)
+    return kept[-1] if kept else None
+
+
+def ids_to_text(ids, enc, previous=None):
+    return enc.decode(visible_ids(ids, enc, previous))
