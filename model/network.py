@@ -144,7 +144,7 @@ def moe_hparams(cfg, group_size, train):
     return mtf_moe.HParams(
         moe_gating="switch", moe_num_experts=e, moe_hidden_size=8 * cfg.dims.hidden.size,
         moe_group_size=group_size, moe_capacity_factor_train=cfg.capacity_factor_train,
-        moe_capacity_factor_eval=float(e), moe_min_expert_capacity=4,
+        moe_capacity_factor_eval=float(e), moe_min_expert_capacity=4 if train else 1,
         moe_switch_policy_train="input_jitter", moe_switch_policy_eval="argmax",
         moe_switch_jitter=cfg.router_jitter, moe_loss_coef=cfg.aux_loss_coef,
         moe_dropout_rate=0.0, moe_word_embed_mode=None, moe_use_second_place_expert_prob=None,
@@ -216,11 +216,23 @@ def stack_presents(presents, cfg):
                      d.layers.name, axis=1)
 
 
-def embed(tokens, positions, cfg):
+def lookup(table, indices, dim, train):
+    """table[indices]. mtf.gather multiplies by a one-hot over the whole vocabulary;
+    at inference a plain row gather is far cheaper (the layout never splits the
+    vocabulary, context or hidden dimensions, so each slice holds whole rows)."""
+    if train:
+        return mtf.gather(table, indices, dim)
+    return mtf.slicewise(lambda w, i: tf.gather(w, i), [table, indices],
+                         output_shape=indices.shape + table.shape.dims[1:],
+                         output_dtype=table.dtype, splittable_dims=indices.shape.dims)
+
+
+def embed(tokens, positions, cfg, train):
     d = cfg.dims
     wte = variable(tokens.mesh, "wte", [d.vocab, d.hidden], cfg)
     wpe = variable(tokens.mesh, "wpe", [d.context, d.hidden], cfg, stddev=0.01)
-    return mtf.gather(wte, tokens, d.vocab) + mtf.gather(wpe, positions, d.context), wte
+    x = lookup(wte, tokens, d.vocab, train) + lookup(wpe, positions, d.context, train)
+    return x, wte
 
 
 def output_logits(x, wte, cfg):
@@ -247,7 +259,8 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
     tokens:         int [batch, length]
     num_precontext: int [batch]; how many of this call's tokens form the
                     bidirectional prefix (0: plain causal LM).
-    pasts:          [batch, layers, two, header, memory, kv] cached keys/values.
+    pasts:          [batch, layers, two, header, memory, kv] cached keys/values
+                    (dimensions are found by name, so any order works).
     past_length:    number of past positions before this call's first token
                     (default: the size of pasts' memory). Positions of this
                     call's tokens start there, clipped to num_contexts - 1.
@@ -282,14 +295,14 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
         mask *= key_valid
 
     with tf.variable_scope("model"):
-        x, wte = embed(tokens, positions, cfg)
+        x, wte = embed(tokens, positions, cfg, train)
         x = mtf.cast(x, cfg.activation_dtype)
         presents, aux_losses, layer_outputs = [], [], []
         for i in range(d.layers.size):
             if i == d.num_switch_layers:
                 ete = variable(mesh, "ete", [d.context, d.hidden], cfg,
                                init=tf.zeros_initializer())
-                x += mtf.cast(mtf.gather(ete, positions, d.context), cfg.activation_dtype)
+                x += mtf.cast(lookup(ete, positions, d.context, train), cfg.activation_dtype)
             a, present = attention(x, past_list[i] if past_list else None, mask, cfg,
                                    "att%d" % i)
             x = layer_norm(a, "an%d" % i, cfg) + x
