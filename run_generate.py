@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import cli  # noqa: E402
+from model.atomic import write_text_atomic  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 START, END = "=====[start generate]=====", "=====[end generate]====="
@@ -289,23 +290,8 @@ def generate_file(args, model_params, enc, spout):
                         print(lines[-1], flush=True)
                 bar.update(len(batch))
     if args.output:
-        write_text_atomic("".join(line + "\n" for line in lines), args.output)
+        write_text_atomic(args.output, "".join(line + "\n" for line in lines))
     return 0
-
-
-def write_text_atomic(text, path):
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def warn_if_long(prompts, model_params):

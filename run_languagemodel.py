@@ -26,7 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import cli  # noqa: E402
-from run_generate import add_model_flags, write_text_atomic  # noqa: E402
+from run_generate import add_model_flags  # noqa: E402
+from model.atomic import write_text_atomic  # noqa: E402
 
 
 def build_parser():
@@ -139,7 +140,7 @@ def analyse_one(args, model_params, enc):
     result = Model(args, model_params, 1, len(query.ids)).run([query], enc)[0]
     print_result(result)
     if args.output:
-        write_text_atomic(json.dumps(result, ensure_ascii=False) + "\n", args.output)
+        write_text_atomic(args.output, json.dumps(result, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -164,7 +165,7 @@ def analyse_file(args, model_params, enc):
                     print(lines[-1], flush=True)
             bar.update(len(batch))
     if args.output:
-        write_text_atomic("".join(line + "\n" for line in lines), args.output)
+        write_text_atomic(args.output, "".join(line + "\n" for line in lines))
     return 0
 
 
