@@ -28,3 +28,16 @@ def shared_dir():
     if not os.path.isdir(path):
         pytest.skip("reference data not found: %s (CI puts shared/ beside the repo)" % path)
     return path
+
+
+@pytest.fixture(scope="module")
+def encoder(shared_dir):
+    """The released encoder files from shared/reference (for tiny 36,000-id models)."""
+    import tiny_model
+    return tiny_model.reference_encoder(shared_dir)
+
+
+@pytest.fixture(scope="module")
+def vocab_flags(shared_dir, encoder):
+    import tiny_model
+    return tiny_model.vocabulary_flags(shared_dir)

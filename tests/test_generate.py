@@ -188,16 +188,6 @@ def test_prompt_buffer_covers_the_recent_half_only_when_sliding():
 
 # ----------------------------------------------------------------- scripts
 
-@pytest.fixture(scope="module")
-def encoder(shared_dir):
-    return tm.reference_encoder(shared_dir)
-
-
-@pytest.fixture(scope="module")
-def vocab_flags(shared_dir, encoder):
-    return tm.vocabulary_flags(shared_dir)
-
-
 def run_script(repo_root, *args):
     return subprocess.run([sys.executable, os.path.join(repo_root, "run_generate.py")] + list(args),
                           capture_output=True, text=True, timeout=300)

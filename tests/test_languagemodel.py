@@ -30,16 +30,6 @@ def model_dir(tmp_path_factory):
     return tm.make_model_dir(str(tmp_path_factory.mktemp("lm_model")), seed=3)
 
 
-@pytest.fixture(scope="module")
-def encoder(shared_dir):
-    return tm.reference_encoder(shared_dir)
-
-
-@pytest.fixture(scope="module")
-def vocab_flags(shared_dir, encoder):
-    return tm.vocabulary_flags(shared_dir)
-
-
 def run_main(*argv):
     import run_languagemodel
     return run_languagemodel.main(run_languagemodel.build_parser().parse_args(list(argv)))
