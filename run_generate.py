@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import cli  # noqa: E402
-from model.atomic import write_text_atomic  # noqa: E402
+from model.atomic import JsonLinesOutput  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 START, END = "=====[start generate]=====", "=====[end generate]====="
@@ -276,21 +276,18 @@ def generate_file(args, model_params, enc, spout):
     generator = Generator(args, model_params, prompts, args.beam_width,
                           make_sampling(args, enc), spout)
     step = generator.prompts_per_batch
-    lines = []
+    out = JsonLinesOutput(args.output)
     with tqdm(total=len(prompts) * args.num_generate, unit="text", file=sys.stderr,
               disable=args.no_progress) as bar:
         for _ in range(args.num_generate):
             for start in range(0, len(prompts), step):
                 batch = prompts[start:start + step]
                 for p, r in zip(batch, generator.best(batch)):
-                    lines.append(json.dumps({
-                        "context": p.text, "text": decoding.ids_to_text(r.tokens, enc, p.previous),
-                        "tokens": r.tokens, "mean_logprob": r.mean_logprob}, ensure_ascii=False))
-                    if not args.output:
-                        print(lines[-1], flush=True)
+                    out.add({"context": p.text,
+                             "text": decoding.ids_to_text(r.tokens, enc, p.previous),
+                             "tokens": r.tokens, "mean_logprob": r.mean_logprob})
                 bar.update(len(batch))
-    if args.output:
-        write_text_atomic(args.output, "".join(line + "\n" for line in lines))
+    out.close()
     return 0
 
 

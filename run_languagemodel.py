@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import cli  # noqa: E402
 from run_generate import add_model_flags  # noqa: E402
-from model.atomic import write_text_atomic  # noqa: E402
+from model.atomic import JsonLinesOutput, write_text_atomic  # noqa: E402
 
 
 def build_parser():
@@ -155,17 +155,14 @@ def analyse_file(args, model_params, enc):
     queries = [Query(t, enc, args.mask, args.pos_vector, C) for t in texts]
     B = min(args.batch_size, len(queries))
     model = Model(args, model_params, B, decoding.bucket(max(len(q.ids) for q in queries), C))
-    lines = []
+    out = JsonLinesOutput(args.output)
     with tqdm(total=len(queries), unit="text", file=sys.stderr, disable=args.no_progress) as bar:
         for start in range(0, len(queries), B):
             batch = queries[start:start + B]
             for q, result in zip(batch, model.run(batch, enc)):
-                lines.append(json.dumps(dict(text=q.text, **result), ensure_ascii=False))
-                if not args.output:
-                    print(lines[-1], flush=True)
+                out.add(dict(text=q.text, **result))
             bar.update(len(batch))
-    if args.output:
-        write_text_atomic(args.output, "".join(line + "\n" for line in lines))
+    out.close()
     return 0
 
 

@@ -31,3 +31,21 @@ def write_text_atomic(path, text):
 
 def write_json_atomic(obj, path):
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+class JsonLinesOutput:
+    """Rows printed to stdout as they come, or, with an output path, written
+    atomically when `close()` is called (so a crash leaves no partial file)."""
+
+    def __init__(self, path=None):
+        self.path, self.lines = path, []
+
+    def add(self, row):
+        line = json.dumps(row, ensure_ascii=False)
+        self.lines.append(line)
+        if not self.path:
+            print(line, flush=True)
+
+    def close(self):
+        if self.path:
+            write_text_atomic(self.path, "".join(line + "\n" for line in self.lines))
