@@ -1,4 +1,4 @@
-"""tools/build_vocab.py: a tiny corpus and a tiny fake unicode-data folder.
+"""tools/build_vocab.py: a tiny corpus, a tiny fake unicode-data folder and KANJIDIC2.
 
 Expected values come from the issue (tail layout, folding examples) and from
 the encoder's rule (lowest id among the 1-3 character prefixes), not from
@@ -44,6 +44,7 @@ U+4F86\tkSpecializedSemanticVariant\tU+8012<kMeyerWempe
 U+FA11\tkSemanticVariant\tU+57FC U+5D0E<kMorohashi:Z
 U+9084\tkSimplifiedVariant\tU+8FD8
 U+6176\tkSemanticVariant\tU+5E86
+U+68F9\tkSemanticVariant\tU+684C<kMatthews
 """
 UNIHAN_OTHER = """\
 # fake Unihan_OtherMappings.txt: Joyo kanji used below, one Jinmeiyo old form
@@ -59,12 +60,52 @@ U+5FDC\tkJoyoKanji\t2010
 U+57FC\tkJoyoKanji\t2010
 U+5D0E\tkJoyoKanji\t2010
 U+6176\tkJoyoKanji\t2010
+U+7DCF\tkJoyoKanji\t2010
+U+5742\tkJoyoKanji\t2010
+U+962A\tkJoyoKanji\t2010
+U+5353\tkJoyoKanji\t2010
+U+676F\tkJoyoKanji\t2010
 U+5265\tkJoyoKanji\tU+525D
 U+61C9\tkJinmeiyoKanji\t2010:U+5FDC
 U+61C9\tkJis0\t1234
 """
 UNIHAN_IRG = "U+F91F\tkCompatibilityVariant\tU+862D\nU+F91F\tkIRG_KSource\tK0-6A50\n"
 RADICALS = "2ED1       ; 9577  #     CJK RADICAL LONG ONE\n"
+# A hand-made KANJIDIC2 XML in the layout of Debian's kanjidic-xml (kuten codes as
+# plane-row-cell): which variants resolve to which characters is written out here
+# from the JIS tables, not from the tool.
+KANJIDIC2 = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<kanjidic2>
+<header><file_version>4</file_version></header>
+<!-- jis208 1-69-33 is 總 (old form of the Joyo 総) -->
+<character><literal>総</literal>
+<codepoint><cp_value cp_type="jis208">1-33-77</cp_value></codepoint>
+<misc><variant var_type="jis208">1-69-33</variant></misc></character>
+<!-- two Joyo kanji the dictionary calls variants: 坂 and 阪 (1-26-69) -->
+<character><literal>坂</literal>
+<misc><variant var_type="jis208">1-26-69</variant></misc></character>
+<!-- jis212 1-22-82 is 囙 -->
+<character><literal>因</literal>
+<misc><variant var_type="jis212">1-22-82</variant></misc></character>
+<!-- jis213 1-86-64 is 𣳾; jis213 1-39-50 is the JIS X 0208 kanji 拝: refused -->
+<character><literal>泰</literal>
+<misc><variant var_type="jis213">1-86-64</variant></misc></character>
+<character><literal>叱</literal>
+<misc><variant var_type="jis213">1-39-50</variant></misc></character>
+<!-- ucs -->
+<character><literal>𠮟</literal>
+<misc><variant var_type="ucs">53F1</variant></misc></character>
+<!-- 卓 -> 桌; Unihan also links 棹 to 桌, which must not bring 棹 to 卓 -->
+<character><literal>卓</literal>
+<misc><variant var_type="ucs">684C</variant></misc></character>
+<!-- a dictionary index, not a character: 盃 must not join 杯 (nelson_c 2206) -->
+<character><literal>盃</literal>
+<misc><variant var_type="nelson_c">2206</variant></misc></character>
+<character><literal>杯</literal>
+<dic_number><dic_ref dr_type="nelson_c">2206</dic_ref></dic_number></character>
+</kanjidic2>
+"""
 # One fully-qualified emoji per class, a ZWJ sequence and an unqualified line.
 EMOJI_TEST = """\
 # group: Smileys & Emotion
@@ -139,6 +180,7 @@ def fake_unicode_dir(tmp_path_factory):
     write(os.path.join(root, "Unihan_IRGSources.txt"), UNIHAN_IRG)
     write(os.path.join(root, "EquivalentUnifiedIdeograph.txt"), RADICALS)
     write(os.path.join(root, "emoji", "emoji-test.txt"), EMOJI_TEST)
+    write(os.path.join(root, "kanjidic2.xml"), KANJIDIC2)  # passed with --kanjidic
     return root
 
 
@@ -155,9 +197,13 @@ def run_tool(*args):
                           text=True, timeout=300)
 
 
-def tool_args(corpus_dir, unicode_dir, out_dir, size=SIZE):
+def tool_args(corpus_dir, unicode_dir, out_dir, size=SIZE, kanjidic=None):
+    """Arguments for a build; KANJIDIC2 defaults to the fake one in the fake unicode-data
+    folder (fake_unicode_dir), so no test needs Debian's kanjidic-xml."""
+    kanjidic = kanjidic or os.path.join(unicode_dir, "kanjidic2.xml")
     return ["--corpus", corpus_dir, "--exclude", "heldout", "--size", str(size),
-            "--unicode_dir", unicode_dir, "--output", os.path.join(out_dir, "vocab.txt"),
+            "--unicode_dir", unicode_dir, "--kanjidic", kanjidic,
+            "--output", os.path.join(out_dir, "vocab.txt"),
             "--emoji_output", os.path.join(out_dir, "emoji.json")]
 
 
@@ -258,6 +304,52 @@ def test_variant_folding_rules(built):
     assert ids["裏"] != ids["里"]
     assert "耒" not in spellings_of(text)[ids["来"]], "a weak link never merges two JIS kanji"
     assert canonical(text, "來") == "来"
+
+
+def test_kanjidic_variants(built):
+    text = built[2]
+    ids = line_of_spelling(text)
+    assert canonical(text, "總") == "総", "a jis208 kuten code resolves to its kanji"
+    assert canonical(text, "囙") == "因", "a jis212 code, through euc_jp's 0x8F plane"
+    assert canonical(text, "𣳾") == "泰", "a jis213 code, through euc_jis_2004"
+    assert canonical(text, "𠮟") == "叱", "a ucs code point"
+    assert ids["坂"] != ids["阪"], "two Joyo kanji are never merged"
+    assert ids["叱"] != ids["拝"], "a jis213 code at a JIS X 0208 position is refused"
+    assert ids["盃"] != ids["杯"], "dictionary-index variants are not used"
+    assert canonical(text, "桌") == "卓"
+    assert "棹" not in spellings_of(text)[ids["卓"]], \
+        "a variant of 卓 does not bring 棹, a base character linked to it"
+    assert canonical(text, "剝") == "剥", "kJoyoKanji pointer; the accepted form stays canonical"
+
+
+def test_kanjidic_links_from_the_fixture(fake_unicode_dir):
+    links = build_vocab.kanjidic_links(os.path.join(fake_unicode_dir, "kanjidic2.xml"))
+    assert sorted((a, b) for _, a, b in links) == sorted([
+        ("総", "總"), ("坂", "阪"), ("因", "囙"), ("泰", "𣳾"), ("𠮟", "叱"), ("卓", "桌")])
+    assert build_vocab.jis_character("jis213", "2-1-1") == "𠂉"  # plane 2
+    assert build_vocab.jis_character("jis208", "33-77") == "総"  # plane left out
+    assert build_vocab.jis_character("jis208", "1-95-01") is None
+    assert build_vocab.kanjidic_variant("ucs", "20B9F") == "𠮟"
+
+
+def test_missing_kanjidic_says_how_to_install(corpus_dir, fake_unicode_dir, tmp_path):
+    args = tool_args(corpus_dir, fake_unicode_dir, str(tmp_path),
+                     kanjidic=str(tmp_path / "no-kanjidic2.xml.gz"))
+    result = run_tool(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "apt-get install kanjidic-xml" in result.stderr
+    assert not (tmp_path / "vocab.txt").exists()
+
+
+def test_real_kanjidic_gives_japanese_old_forms():
+    if not os.path.isfile(build_vocab.KANJIDIC_PATH):
+        pytest.skip("Debian kanjidic-xml is not installed (%s absent; apt-get install "
+                    "kanjidic-xml)" % build_vocab.KANJIDIC_PATH)
+    links = {(a, b) for _, a, b in build_vocab.kanjidic_links(build_vocab.KANJIDIC_PATH)}
+    for old, new in ("總総", "犧犠", "經経"):
+        assert (old, new) in links or (new, old) in links, old
+    assert ("叱", "拝") not in links, "the jis213 slip is refused"
 
 
 def test_unit_lines_list_products_of_variants(built):
@@ -361,6 +453,8 @@ def test_committed_files_rebuild_byte_for_byte(tmp_path):
         pytest.skip("../shared/corpus/ja-docs-train is absent (CI puts shared/ beside the repo)")
     if not os.path.isfile("/usr/share/unicode/Unihan_Variants.txt.bz2"):
         pytest.skip("Debian unicode-data is not installed (apt-get install unicode-data)")
+    if not os.path.isfile(build_vocab.KANJIDIC_PATH):
+        pytest.skip("Debian kanjidic-xml is not installed (apt-get install kanjidic-xml)")
     result = run_tool("--corpus", corpus, "--exclude", "debian-reference-ja", "--size", "36000",
                       "--output", str(tmp_path / "v.txt"),
                       "--emoji_output", str(tmp_path / "e.json"))

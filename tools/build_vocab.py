@@ -2,7 +2,7 @@
 """Build this project's own SWE vocabulary (ja-swe36k.txt) and emoji table (emoji.json).
 
 The committed files are rebuilt byte for byte (Python 3.11, Debian 12
-`unicode-data` 15.0.0-1) by
+`unicode-data` 15.0.0-1 and `kanjidic-xml` 2022.08.23) by
 
     python tools/build_vocab.py --corpus ../shared/corpus/ja-docs-train \\
         --exclude debian-reference-ja --size 36000 \\
@@ -30,29 +30,43 @@ and "−" (the encoder rewrites all of these first), and single-code-point
 emoji (the encoder replaces them before matching).
 
 Variant spellings (異体字) share their canonical character's line:
-  * ideographs are grouped through Unicode data, strongest link first: NFKC of
-    Kangxi radicals and CJK compatibility ideographs, EquivalentUnifiedIdeograph
-    (CJK radicals: ⻑ -> 長) and kCompatibilityVariant; the kJinmeiyoKanji
-    old-form pointers ("2010:U+5FDC": 應 -> 応, which kTraditionalVariant does
-    not give); kZVariant (and kSemanticVariant entries a dictionary marks ":Z",
-    崎/﨑); kSemanticVariant; kTraditionalVariant only where the simplified form
-    is a Joyo kanji and the traditional one is not (會 -> 会, 學 -> 学, 國 -> 国,
-    while 後/后 and 裏/里 stay apart); then kSpecializedSemanticVariant and
-    kSimplifiedVariant, which only attach characters outside the character set
-    (还 -> 還) and never merge two that Japanese text uses (来/耒). A group never
-    holds two Joyo kanji, and two groups that both hold vocabulary characters
-    join only through a direct link between two of them (no chains through rare
-    code points). The canonical form is the Joyo member, else the lowest tier,
-    else the most frequent in the corpus. Known limit of the data: Unihan links
-    some Chinese mergers the same way as kyūjitai (麵 joins 面, 瀋 joins 沈) and
-    lacks many Japanese pairs (総/總, 犠/犧);
+  * ideographs are grouped through Unicode data and KANJIDIC2, strongest link
+    first: NFKC of Kangxi radicals and CJK compatibility ideographs,
+    EquivalentUnifiedIdeograph (CJK radicals: ⻑ -> 長) and kCompatibilityVariant;
+    the kJinmeiyoKanji old-form pointers ("2010:U+5FDC": 應 -> 応, which
+    kTraditionalVariant does not give) and the kJoyoKanji pointers (剥, which the
+    Joyo table accepts for 剝); kZVariant (and kSemanticVariant entries a
+    dictionary marks ":Z", 崎/﨑); KANJIDIC2's <variant> code points (jis208,
+    jis212, jis213 kuten codes through the euc_jp / euc_jis_2004 codecs, and ucs;
+    the Japanese old/new pairs Unihan lacks: 總 -> 総, 犧 -> 犠, 經 -> 経; its
+    dictionary-index "variants" such as nelson_c point at a dictionary entry, often
+    a synonym (獲 -> 得), and are not used); kSemanticVariant; kTraditionalVariant
+    only where the simplified form is a Joyo kanji and the traditional one is not
+    (會 -> 会, 學 -> 学, 國 -> 国, while 後/后 and 裏/里 stay apart); then
+    kSpecializedSemanticVariant and kSimplifiedVariant, which only attach
+    characters outside the character set (还 -> 還) and never merge two that
+    Japanese text uses (来/耒). kSpoofingVariant (look-alikes) is not a variant
+    relation and is not used. Japanese safety: never merge two characters that
+    Japanese text uses as different characters. A group never holds two Joyo
+    kanji (机/機, 坂/阪, 崎/埼 stay apart; 芸/藝 merge since 藝 is not Joyo), and a
+    variant joins a group only if it is not itself the base of another group:
+    two groups that both hold vocabulary characters join only through a direct
+    link between their bases (a group's Joyo kanji, or its only vocabulary
+    character), so no chain through a variant or a rare code point merges two
+    words (卓 -> 桌 does not bring 棹 and 櫂, which Unihan links to 桌). Within one
+    kind, links to a Joyo kanji come first. The canonical form is the Joyo member
+    (or a form the Joyo table accepts, the more frequent winning: 剥 before 剝),
+    else the lowest tier, else the most frequent in the corpus. Known limits of
+    the data: Unihan links some Chinese mergers the same way as kyūjitai (瀋
+    joins 沈; 椎/槌 are direct semantic variants) and neither source has the large
+    itaiji tables of the released vocabulary (日 with 𡆠 囸 曰 ...);
   * ゐ ゑ ヰ ヱ -> い え イ エ; half-width katakana and punctuation -> full width
     (NFKC; ﾞ ﾟ -> ゛ ゜); kana + sound mark (spacing or combining) -> the
     composed kana (か゛ -> が, ｶﾞ -> ガ);
   * enclosed, parenthesised and squared forms -> NFKC without the outer
     parentheses (㈱ -> 株, ① -> 1, ⒉ -> 2., ㍻ -> 平成); a target of two or
     three characters is always a unit line.
-A unit lists the product of its characters' glyph variants (Unihan groups and
+A unit lists the product of its characters' glyph variants (ideograph groups and
 historical kana; 慶應 on the 慶応 line), fewest substitutions first, at most
 MAX_SPELLINGS_PER_UNIT, plus its all-half-width spelling when every character
 has one (ﾌｧｲ; never the mixed ファｲ).
@@ -75,6 +89,7 @@ inputs give byte-identical files.
 """
 import bz2
 import collections
+import gzip
 import itertools
 import json
 import os
@@ -82,6 +97,7 @@ import re
 import sys
 import tempfile
 import unicodedata
+import xml.etree.ElementTree as ElementTree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,6 +121,8 @@ REFINE_PASSES = 4
 CANDIDATE_POOL_FACTOR = 3
 MAX_SPELLINGS_PER_UNIT = 64
 INSTALL_HINT = "install it with `apt-get install unicode-data` or pass --unicode_dir"
+KANJIDIC_PATH = "/usr/share/edict/kanjidic2.xml.gz"  # Debian package kanjidic-xml
+KANJIDIC_HINT = "install it with `apt-get install kanjidic-xml` or pass --kanjidic"
 
 # The encoder rewrites these before matching, so an entry for them would never be used.
 REWRITTEN_BY_ENCODER = frozenset(" \u3000\t\r\n\u2014\u2212")
@@ -121,11 +139,13 @@ ENCLOSED_RANGES = ((0x2460, 0x24FF), (0x3200, 0x32FF), (0x3300, 0x33FF),
                    (0x1F100, 0x1F1E5), (0x1F200, 0x1F2FF))
 HALF_WIDTH_RANGE = (0xFF61, 0xFF9F)
 
-# Unihan links, strongest first: a character already in a group with a Joyo kanji
-# cannot be pulled into another one by a weaker link (裡 joins 裏 as a semantic
-# variant before the Chinese simplification 里 -> 裡 is considered).
-(LINK_COMPATIBILITY, LINK_JINMEIYO, LINK_Z, LINK_SEMANTIC, LINK_TRADITIONAL, LINK_SPECIALIZED,
- LINK_SIMPLIFIED) = range(7)
+# Unihan and KANJIDIC2 links, strongest first: a character already in a group with a
+# Joyo kanji cannot be pulled into another one by a weaker link (裡 joins 裏 as a
+# semantic variant before the Chinese simplification 里 -> 裡 is considered).
+# KANJIDIC2's variants come from Japanese dictionaries (總 -> 総), so they rank above
+# Unihan's semantic variants, which are mostly Chinese; below the glyph identities.
+(LINK_COMPATIBILITY, LINK_JINMEIYO, LINK_Z, LINK_KANJIDIC, LINK_SEMANTIC, LINK_TRADITIONAL,
+ LINK_SPECIALIZED, LINK_SIMPLIFIED) = range(8)
 UNIHAN_LINK_FIELDS = {"kCompatibilityVariant": LINK_COMPATIBILITY,
                       "kTraditionalVariant": LINK_TRADITIONAL, "kZVariant": LINK_Z,
                       "kSemanticVariant": LINK_SEMANTIC,
@@ -202,26 +222,33 @@ def unihan_records(lines, fields):
 
 
 class UnicodeData:
-    """The parts of Unihan and emoji-test.txt the builder uses."""
+    """The parts of Unihan, emoji-test.txt and KANJIDIC2 the builder uses."""
 
-    def __init__(self, joyo, links, emoji):
+    def __init__(self, joyo, links, emoji, joyo_accepted=()):
         self.joyo = frozenset(joyo)
+        self.joyo_accepted = frozenset(joyo_accepted)  # 剥: the Joyo table allows it for 剝
         self.links = sorted(set(links))   # (link kind, a, b), strongest kind first
         self.emoji = emoji                # [(sequence, group, subgroup)] in file order
 
     @classmethod
-    def load(cls, unicode_dir):
+    def load(cls, unicode_dir, kanjidic_path=None):
         paths = [unicode_data_path(unicode_dir, name) for name in UNIHAN_FILES]
         emoji_path = unicode_data_path(os.path.join(unicode_dir, "emoji"), "emoji-test.txt") \
             if os.path.isdir(os.path.join(unicode_dir, "emoji")) \
             else unicode_data_path(unicode_dir, "emoji-test.txt")
-        joyo, links = set(), []
+        if kanjidic_path is not None and not os.path.isfile(kanjidic_path):
+            cli.fail("KANJIDIC2 file %s not found; %s" % (kanjidic_path, KANJIDIC_HINT))
+        joyo, accepted, links = set(), set(), []
         fields = set(UNIHAN_LINK_FIELDS) | {"kJoyoKanji", "kJinmeiyoKanji"}
         for path in paths:
             for char, field, value in unihan_records(read_text_lines(path), fields):
                 if field == "kJoyoKanji":
                     if not value.startswith("U+"):
                         joyo.add(char)
+                    else:  # "U+525D" on 剥: the Joyo table lists char in place of 剝
+                        accepted.add(char)
+                        links += [(LINK_JINMEIYO, char, other)
+                                  for other, _ in unihan_targets(value)]
                 elif field == "kJinmeiyoKanji":  # "2010:U+5FDC": char is the old form of 応
                     links += [(LINK_JINMEIYO, char, chr(int(h, 16)))
                               for h in re.findall(r":U\+([0-9A-F]{4,6})", value)]
@@ -231,7 +258,74 @@ class UnicodeData:
         links = [link for link in links if link[0] != LINK_TRADITIONAL
                  or (link[1] in joyo and link[2] not in joyo)]
         links += radical_links(read_text_lines(unicode_data_path(unicode_dir, RADICALS_FILE)))
-        return cls(joyo, links, parse_emoji_test(read_text_lines(emoji_path)))
+        if kanjidic_path is not None:
+            links += kanjidic_links(kanjidic_path)
+        return cls(joyo, links, parse_emoji_test(read_text_lines(emoji_path)), accepted)
+
+
+def jis_character(standard, kuten):
+    """The character at a KANJIDIC2 kuten code ("1-16-01": plane-row-cell; the plane,
+    always 1 outside jis213, may be left out), or None when the code does not name a
+    single character of that standard.
+
+    JIS X 0208 and JIS X 0212 go through euc_jp (0212 behind the 0x8F prefix), JIS X
+    0213 through euc_jis_2004 (plane 2 behind 0x8F). A jis213 code at a position JIS
+    X 0208 already assigns is refused: KANJIDIC2 writes those as jis208, and the
+    one such entry is a slip (叱 names 1-39-50, which is 拝, for 1-47-52, 𠮟).
+    """
+    parts = kuten.strip().split("-")
+    if not all(p.isdigit() for p in parts) or len(parts) not in (2, 3):
+        return None
+    plane, row, cell = [int(p) for p in ([1] if len(parts) == 2 else []) + parts]
+    if not (1 <= row <= 94 and 1 <= cell <= 94 and plane in ((1, 2) if standard == "jis213"
+                                                              else (1,))):
+        return None
+    code = bytes([0xA0 + row, 0xA0 + cell])
+    if standard == "jis208":
+        char = decodable(code, "euc_jp")
+    elif standard == "jis212":
+        char = decodable(b"\x8f" + code, "euc_jp")
+    elif plane == 1 and decodable(code, "euc_jp"):
+        return None
+    else:
+        char = decodable(code if plane == 1 else b"\x8f" + code, "euc_jis_2004")
+    return char if char and len(char) == 1 else None
+
+
+def kanjidic_variant(var_type, value):
+    """The character a KANJIDIC2 <variant> names, or None for index numbers.
+
+    jis208/jis212/jis213 give a kuten code and ucs a code point; the dictionary
+    index types (nelson_c, deroo, njecd, oneill, s_h) give an entry number of a
+    printed dictionary, which does not name one character, so they are not used.
+    """
+    if var_type == "ucs":
+        return chr(int(value, 16)) if re.fullmatch(r"[0-9A-Fa-f]{4,6}", value.strip()) \
+            and int(value, 16) <= 0x10FFFF else None
+    if var_type in ("jis208", "jis212", "jis213"):
+        return jis_character(var_type, value)
+    return None
+
+
+def kanjidic_links(path):
+    """(LINK_KANJIDIC, kanji, variant) for every resolvable <variant> of KANJIDIC2 XML
+    (plain or .gz; Debian's kanjidic-xml ships /usr/share/edict/kanjidic2.xml.gz)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    links = []
+    try:
+        with opener(path, "rb") as f:
+            for _, element in ElementTree.iterparse(f):
+                if element.tag != "character":
+                    continue
+                literal = element.findtext("literal") or ""
+                for variant in element.iter("variant"):
+                    other = kanjidic_variant(variant.get("var_type", ""), variant.text or "")
+                    if len(literal) == 1 and other and other != literal:
+                        links.append((LINK_KANJIDIC, literal, other))
+                element.clear()
+    except (OSError, EOFError, ElementTree.ParseError) as e:
+        cli.fail("cannot read KANJIDIC2 XML %s (%s); %s" % (path, e, KANJIDIC_HINT))
+    return links
 
 
 def radical_links(lines):
@@ -363,20 +457,22 @@ def nfkc_ideograph_links(chars):
 
 
 class VariantGroups:
-    """Union-find over ideograph links with the Joyo and no-chain guards."""
+    """Union-find over ideograph links with the Joyo, no-chain and base guards."""
 
     def __init__(self, vocabulary_chars, joyo):
         self.parent = {}
         self.vocabulary_chars = vocabulary_chars
         self.joyo = joyo
         self.joyo_count = {}
-        self.has_vocabulary = {}
+        self.joyo_member = {}
+        self.vocabulary_count = {}
 
     def find(self, c):
         if c not in self.parent:
             self.parent[c] = c
             self.joyo_count[c] = int(c in self.joyo)
-            self.has_vocabulary[c] = c in self.vocabulary_chars
+            self.joyo_member[c] = c if c in self.joyo else None
+            self.vocabulary_count[c] = int(c in self.vocabulary_chars)
         root = c
         while self.parent[root] != root:
             root = self.parent[root]
@@ -385,16 +481,31 @@ class VariantGroups:
         return root
 
     def link(self, a, b, attach_only=False):
+        """Merge the groups of a and b unless a guard forbids it.
+
+        A group never holds two Joyo kanji. Two groups that both hold vocabulary
+        characters join only through a direct link between two of them, never
+        through an `attach_only` link, and only through each side's base: its Joyo
+        kanji, or the side's only vocabulary character. So a variant never drags
+        in a character that is already the base of another group (卓 -> 桌 does not
+        bring 棹 and 櫂, which Unihan links to 桌; 尽 -> 儘 does not bring 侭).
+        """
         ra, rb = self.find(a), self.find(b)
         if ra == rb or self.joyo_count[ra] + self.joyo_count[rb] > 1:
             return
-        if self.has_vocabulary[ra] and self.has_vocabulary[rb] and (attach_only or not (
-                a in self.vocabulary_chars and b in self.vocabulary_chars)):
+        if self.vocabulary_count[ra] and self.vocabulary_count[rb] and (
+                attach_only or not (a in self.vocabulary_chars and b in self.vocabulary_chars)
+                or not self.is_base(a, ra) or not self.is_base(b, rb)):
             return
         ra, rb = min(ra, rb), max(ra, rb)
         self.parent[rb] = ra
         self.joyo_count[ra] += self.joyo_count[rb]
-        self.has_vocabulary[ra] = self.has_vocabulary[ra] or self.has_vocabulary[rb]
+        self.joyo_member[ra] = self.joyo_member[ra] or self.joyo_member[rb]
+        self.vocabulary_count[ra] += self.vocabulary_count[rb]
+
+    def is_base(self, c, root):
+        return self.joyo_member[root] == c or (self.joyo_member[root] is None
+                                               and self.vocabulary_count[root] == 1)
 
     def members(self):
         groups = collections.defaultdict(list)
@@ -482,19 +593,30 @@ def canonical_rank(char, tiers, joyo, char_counts):
     return (char not in joyo, tiers[char], -char_counts.get(char, 0), char)
 
 
+def joyo_forms(unicode_data):
+    """Joyo kanji and the forms the Joyo table accepts in their place (剥 for 剝): both may
+    be a group's canonical form, the more frequent in the corpus winning."""
+    return unicode_data.joyo | unicode_data.joyo_accepted
+
+
 def ideograph_groups(tiers, unicode_data, char_counts, emoji_keys):
     """canonical character -> its glyph variants, from the Unihan links."""
     candidates = set(tiers) | {chr(c) for lo, hi in IDEOGRAPH_NFKC_RANGES
                                for c in range(lo, hi + 1)}
     groups = VariantGroups(set(tiers), unicode_data.joyo)
-    for kind, a, b in sorted(nfkc_ideograph_links(candidates) + unicode_data.links):
+    joyo = unicode_data.joyo
+    # Strongest kind first; within a kind, links to a Joyo kanji first, so 麪 joins 麺
+    # before 麪 and 麵 can pair up and make a group that 麺 may no longer join.
+    links = sorted(nfkc_ideograph_links(candidates) + unicode_data.links,
+                   key=lambda k: (k[0], k[1] not in joyo and k[2] not in joyo, k[1], k[2]))
+    for kind, a, b in links:
         groups.link(a, b, attach_only=kind in ATTACH_ONLY_LINKS)
     glyph_variants = {c: [] for c in tiers}
+    joyo = joyo_forms(unicode_data)
     for members in groups.members():
         base = [c for c in members if c in tiers]
         if base:
-            canonical = min(base, key=lambda c: canonical_rank(c, tiers, unicode_data.joyo,
-                                                               char_counts))
+            canonical = min(base, key=lambda c: canonical_rank(c, tiers, joyo, char_counts))
             glyph_variants[canonical] = [c for c in members
                                          if c != canonical and valid_spelling(c, emoji_keys)]
             for c in base:
@@ -940,7 +1062,8 @@ def write_atomically(path, data):
 def build_parser():
     parser = cli.ArgumentParser(
         description="Build a Japanese SWE vocabulary (GPTSAN format) and emoji table from a "
-                    "folder of UTF-8 text and Debian's unicode-data. Standard sizes: %s."
+                    "folder of UTF-8 text, Debian's unicode-data and kanjidic-xml. "
+                    "Standard sizes: %s."
                     % ", ".join(str(s) for s in STANDARD_SIZES))
     parser.add_argument("--corpus", default=os.path.join("data", "corpus"), metavar="DIR",
                         help="folder of UTF-8 .txt files to count units in")
@@ -954,6 +1077,9 @@ def build_parser():
     parser.add_argument("--emoji_output", default="emoji.json", help="emoji table to write")
     parser.add_argument("--unicode_dir", default="/usr/share/unicode",
                         help="Unihan_*.txt(.bz2) and emoji/emoji-test.txt (Debian unicode-data)")
+    parser.add_argument("--kanjidic", default=KANJIDIC_PATH, metavar="PATH",
+                        help="KANJIDIC2 XML, plain or .gz, for Japanese variant kanji "
+                             "(Debian kanjidic-xml; default %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return parser
 
@@ -968,7 +1094,7 @@ def main(args):
             cli.fail("%s exists; pass --force to overwrite it" % path)
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             cli.fail("output folder does not exist: %s" % os.path.dirname(os.path.abspath(path)))
-    unicode_data = UnicodeData.load(args.unicode_dir)
+    unicode_data = UnicodeData.load(args.unicode_dir, args.kanjidic)
     check_size(args.size, folding_without_corpus(unicode_data))  # before the slow part
     texts = read_corpus(corpus_files(args.corpus, args.exclude), tqdm)
     lines, emoji_table = build_vocabulary(texts, args.size, unicode_data, tqdm)
