@@ -4,6 +4,7 @@ Multi-host: every process starts a tf.distribute.Server from TF_CONFIG (or
 --worker_hosts/--task_index). Worker 0 (the chief) builds the graph with one
 mesh slice per `/job:worker/task:k` device and drives the session; the other
 workers only serve their devices. Unreachable hosts fail within a bounded time.
+TPUs are reached through TPUEstimator (model/estimator.py); resolve_tpu finds them.
 """
 import json
 import os
@@ -55,8 +56,6 @@ def wait_for_hosts(hosts, timeout=CONNECT_TIMEOUT_S):
 def devices_from_args(args, model_params):
     """Devices for this process, or None for a worker that only serves."""
     from model.compat import tf
-    if getattr(args, "tpu_nodes", None):
-        return tpu_devices(args.tpu_nodes)
     cluster = cluster_from_args(args)
     mesh_shape = getattr(args, "mesh_shape", None)
     cpu = getattr(args, "cpu_devices", None)
@@ -86,26 +85,28 @@ def devices_from_args(args, model_params):
     return runtime.Devices(shape, names, config, target=server.target)
 
 
-def tpu_devices(tpu_nodes, timeout=CONNECT_TIMEOUT_S):
-    """Resolve a TPU through cloud-tpu-client; a TPU that cannot be reached
-    gives a clear error within `timeout` seconds instead of a hang."""
-    import concurrent.futures
-    from model.compat import tf
+def resolve_tpu(tpu_nodes, timeout=CONNECT_TIMEOUT_S):
+    """(grpc master, number of cores) of a TPU, through cloud-tpu-client; a TPU
+    that cannot be reached gives a clear error within `timeout` seconds, not a hang.
 
-    def resolve():
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_nodes.split(","))
-        return resolver.get_master()
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
+    The probe runs in a child process: TensorFlow's device listing holds the
+    interpreter lock while it waits for an unreachable master, so no thread of
+    this process could enforce the time limit.
+    """
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import json, sys; sys.path.insert(0, %r); from model import estimator; "
+            "print(json.dumps(estimator.tpu_master(sys.argv[1])))" % repo)
     try:
-        master = pool.submit(resolve).result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
+        probe = subprocess.run([sys.executable, "-c", code, tpu_nodes], capture_output=True,
+                               text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
         raise UserError("TPU %s did not answer within %d s; check the name and that this "
                         "VM can reach it" % (tpu_nodes, timeout))
-    except Exception as e:  # resolver errors are user-facing configuration problems
-        raise UserError("cannot resolve TPU %s: %s" % (tpu_nodes, str(e).splitlines()[0]))
-    finally:
-        pool.shutdown(wait=False)
-    raise UserError("TPU %s resolved to %s, but TPU training through TPUEstimator is not "
-                    "available in this release; train on GPUs/CPUs or a multi-host cluster"
-                    % (tpu_nodes, master))
+    if probe.returncode != 0:
+        lines = [l for l in probe.stderr.strip().splitlines() if l.strip()]
+        raise UserError("cannot resolve TPU %s: %s" % (tpu_nodes, lines[-1] if lines else
+                                                       "exit status %d" % probe.returncode))
+    master, cores = json.loads(probe.stdout.strip().splitlines()[-1])
+    return master, int(cores)

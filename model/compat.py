@@ -41,5 +41,7 @@ __all__ = ["tf", "mtf"]
 # tensorflow-datasets at import time (hence that pin in requirements.txt).
 from mesh_tensorflow.transformer import moe as mtf_moe  # noqa: E402
 from mesh_tensorflow import placement_mesh_impl  # noqa: E402
+# The TPU mesh implementation; importing it needs no TPU.
+from mesh_tensorflow import simd_mesh_impl  # noqa: E402
 
-__all__ += ["mtf_moe", "placement_mesh_impl"]
+__all__ += ["mtf_moe", "placement_mesh_impl", "simd_mesh_impl"]

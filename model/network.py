@@ -10,6 +10,7 @@ Dimension names (mesh.py's layout refers to them):
   batch, length (queries), memory (keys), hidden (H), header (A), kv (K),
   experts (E), vocab (V), context (C positions), layers (L), two (key/value).
 """
+import copy
 import zlib
 
 from model import mesh as meshlib
@@ -71,10 +72,28 @@ def variable(mesh, name, dims, cfg, stddev=INIT_STDDEV, init=None):
     configured seed, so every mesh layout starts from the same weights."""
     if init is None:
         full_name = "%s/%s" % (tf.get_variable_scope().name, name)
-        seed = (zlib.crc32(full_name.encode()) + cfg.seed) % (2 ** 31)
-        init = tf.random_normal_initializer(stddev=stddev, seed=seed)
+        init = tf.random_normal_initializer(stddev=stddev, seed=name_seed(full_name, cfg))
     return mtf.get_variable(mesh, name, mtf.Shape(dims), initializer=init,
                             dtype=cfg.variable_dtype)
+
+
+def name_seed(full_name, cfg):
+    return (zlib.crc32(full_name.encode()) + cfg.seed) % (2 ** 31)
+
+
+def seeded_by_name(cfg):
+    """A variable-scope getter giving mesh-tensorflow's own unseeded random
+    initializers (the switch layer's) a seed from the variable's name. Without
+    it their values would depend on how many ops the graph held before them,
+    so the same model built inside TPUEstimator would start elsewhere."""
+    def getter(getter, *args, **kwargs):  # TensorFlow passes `getter` by keyword
+        init = kwargs.get("initializer")
+        if init is not None and getattr(init, "seed", 0) is None:
+            init = copy.copy(init)
+            init.seed = name_seed(kwargs["name"], cfg)
+            kwargs["initializer"] = init
+        return getter(*args, **kwargs)
+    return getter
 
 
 def to_float(x):
@@ -156,7 +175,7 @@ def switch_ffn(x, cfg, train, name):
     """Top-1 mixture of ReLU experts plus the softmlp bypass tanh(x W)."""
     d = cfg.dims
     length = x.shape.dims[1]
-    with tf.variable_scope(name):
+    with tf.variable_scope(name, custom_getter=seeded_by_name(cfg)):
         # Every position counts for load balancing (the layer needs the weights
         # explicitly when training).
         nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)

@@ -7,6 +7,7 @@ bar, checkpoints every N steps / hours and on SIGINT/SIGTERM.
 import os
 import signal
 import time
+import types
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -43,6 +44,141 @@ class TrainOptions:
     log_every: int = 10
 
 
+def check_options(opts, mesh_batch):
+    """User mistakes in the options, as one-line errors before any graph is built."""
+    mp, batch = opts.params["model_params"], opts.params["train_params"]["batch_size"]
+    if opts.spout_vector not in SPOUT_CHOICES:
+        raise UserError("--spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
+    if opts.spout_vector != "none" and not mp.get("num_spout"):
+        raise UserError("--spout_vector %s needs num_spout > 0 in parameters.json "
+                        "(add spout weights with tools/run_modelconvert.py --num_spout)"
+                        % opts.spout_vector)
+    if opts.use_bfloat16 and opts.use_mixed_precision:
+        raise UserError("choose one of --use_bfloat16 and --use_mixed_precision")
+    if opts.optimizer not in ("adam", "adafactor"):
+        raise UserError("--optimizer must be adam or adafactor")
+    if batch % mesh_batch:
+        raise UserError("batch_size %d is not divisible by the mesh's batch dimension %d"
+                        % (batch, mesh_batch))
+
+
+def activation_dtype(opts):
+    if opts.use_bfloat16:
+        return tf.bfloat16
+    if opts.use_mixed_precision:
+        return tf.float16
+    return tf.float32
+
+
+def spout_input(opts, features, batch_size):
+    p = opts.params["model_params"].get("num_spout", 0)
+    if opts.spout_vector == "uniform":
+        return tf.random.uniform([batch_size, p], seed=opts.seed)
+    if opts.spout_vector == "onehot":
+        return tf.one_hot(tf.math.floormod(features["i"], p), p)
+    return None
+
+
+def trainable_variables(opts, mtf_graph):
+    names = {v.name for v in mtf_graph.trainable_variables}
+    unknown = [n for n in opts.ignore_parameters if n not in names]
+    if unknown:
+        raise UserError("--ignore_parameters names %s, which is not a variable of this model"
+                        % unknown[0])
+    frozen = set(opts.ignore_parameters)
+    if opts.spout_vector == "none":
+        # Spout weights receive no gradient without a spout: leave them alone.
+        frozen |= {n for n in names if n.startswith("pasts/")}
+    variables = [v for v in mtf_graph.trainable_variables if v.name not in frozen]
+    if not variables:
+        raise UserError("every variable is frozen; nothing to train")
+    return variables
+
+
+def loss_scale_update(loss_scale, finite):
+    """Dynamic loss scaling: halve on overflow (the step is skipped), double
+    after 1000 clean steps."""
+    good = tf.get_variable("loss_scale_good_steps", initializer=0, trainable=False)
+    grow = tf.logical_and(finite, tf.equal(tf.math.floormod(good + 1, 1000), 0))
+    new_scale = tf.where(finite, tf.where(grow, loss_scale * 2.0, loss_scale),
+                         tf.maximum(loss_scale / 2.0, 1.0))
+    return tf.group(tf.assign(loss_scale, new_scale),
+                    tf.assign(good, tf.where(finite, good + 1, 0)))
+
+
+def build_train_step(opts, features, mesh_shape, mesh_impl):
+    """features -> model -> loss -> optimizer, lowered onto `mesh_impl`.
+
+    The one training graph: the session loop (Trainer) lowers it onto GPUs/CPUs
+    with the placement implementation, the TPUEstimator model_fn onto TPU cores
+    with the SIMD implementation. Returns a namespace of the TF tensors and ops.
+    """
+    mp, tp = opts.params["model_params"], opts.params["train_params"]
+    batch_size, length = tp["batch_size"], mp["num_contexts"]
+    mtf_graph, mesh = meshlib.new_mesh()
+    cfg = network.Config(mp, activation_dtype=activation_dtype(opts), layout=meshlib.LAYOUT,
+                         mesh_shape=mesh_shape, router_jitter=opts.router_jitter, seed=opts.seed)
+    batch = mtf.Dimension("batch", batch_size)
+    length_dim = mtf.Dimension("length", length)
+
+    def imp(t, dims):
+        return runtime.import_tensor(mesh, t, dims)
+
+    spout = spout_input(opts, features, batch_size)
+    out = network.model(
+        imp(features["x"], [batch, length_dim]), cfg,
+        num_precontext=imp(features["num_input"], [batch]),
+        spout=None if spout is None else imp(spout, [batch, cfg.dims.spout]), train=True)
+    lm_loss = network.lm_loss(out["logits"], imp(features["y"], [batch, length_dim]),
+                              cfg.dims.vocab)
+    aux_loss = out["aux_loss"] if out["aux_loss"] is not None else mtf.zeros(mesh, [])
+    aux_loss = mtf.cast(aux_loss, tf.float32)
+    loss = lm_loss + aux_loss
+
+    variables = trainable_variables(opts, mtf_graph)
+    global_step = tf.train.get_or_create_global_step()
+    lr = optimizer.learning_rate(global_step, tp["base_lr"], tp["num_warmup_steps"])
+    mtf_lr = imp(lr, [])
+    loss_scale = scale = None
+    if opts.use_mixed_precision:
+        loss_scale = tf.get_variable("loss_scale", initializer=float(opts.loss_scale),
+                                     trainable=False)
+        scale = imp(loss_scale, [])
+    grads = mtf.gradients([loss * scale if scale is not None else loss],
+                          [v.outputs[0] for v in variables])
+    grads = [mtf.cast(g, tf.float32) for g in grads]
+    apply = None
+    if scale is not None:
+        apply = optimizer.finite_flag(grads)
+        grads = [optimizer.zero_nonfinite(g) / scale for g in grads]
+    if opts.clip_gradients > 0:
+        grads, _ = optimizer.clip_by_global_norm(grads, opts.clip_gradients)
+    if opts.optimizer == "adam":
+        updates = optimizer.adam_updates(variables, grads, mtf_lr, apply)
+    else:
+        updates = optimizer.adafactor_updates(variables, grads, mtf_lr)
+
+    lowering = mtf.Lowering(mtf_graph, {mesh: mesh_impl})
+    step_ops = [lowering.lowered_operation(op) for op in updates]
+    step_ops.append(tf.assign_add(global_step, 1))
+    if apply is not None:
+        finite = lowering.export_to_tf_tensor(apply) > 0.5
+        step_ops.append(loss_scale_update(loss_scale, finite))
+    trainable = {v.name for v in variables}
+    all_trainable = mtf_graph.trainable_variables
+    return types.SimpleNamespace(
+        lowering=lowering, global_step=global_step, learning_rate=lr, loss_scale=loss_scale,
+        loss=lowering.export_to_tf_tensor(lm_loss),
+        aux_loss=lowering.export_to_tf_tensor(aux_loss),
+        train_op=tf.group(step_ops), tokens_per_step=batch_size * length,
+        trainable_names=sorted(trainable),
+        frozen_names=sorted(v.name for v in all_trainable if v.name not in trainable),
+        count={"trainable": sum(v.shape.size for v in variables),
+               "frozen": sum(v.shape.size for v in all_trainable if v.name not in trainable),
+               "optimizer_bytes": 4 * sum(v.shape.size for v in mtf_graph.all_variables
+                                          if not v.trainable)})
+
+
 class Trainer:
     """Owns the training graph and session; `run()` trains to max_training_step."""
 
@@ -51,34 +187,11 @@ class Trainer:
         self.model_params = opts.params["model_params"]
         self.train_params = opts.params["train_params"]
         self.devices = opts.devices or runtime.Devices.local(self.model_params["num_pallarelizm"])
-        self._check_options()
+        check_options(opts, self.devices.shape.dims[0].size)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(opts.seed)
             self._build()
-
-    def _check_options(self):
-        o = self.opts
-        if o.spout_vector not in SPOUT_CHOICES:
-            raise UserError("--spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
-        if o.spout_vector != "none" and not self.model_params.get("num_spout"):
-            raise UserError("--spout_vector %s needs num_spout > 0 in parameters.json "
-                            "(add spout weights with tools/run_modelconvert.py --num_spout)"
-                            % o.spout_vector)
-        if o.use_bfloat16 and o.use_mixed_precision:
-            raise UserError("choose one of --use_bfloat16 and --use_mixed_precision")
-        batch = self.train_params["batch_size"]
-        if batch % self.devices.shape.dims[0].size:
-            raise UserError("batch_size %d is not divisible by the mesh's batch dimension %d"
-                            % (batch, self.devices.shape.dims[0].size))
-
-    # ---- graph -------------------------------------------------------------
-    def _activation_dtype(self):
-        if self.opts.use_bfloat16:
-            return tf.bfloat16
-        if self.opts.use_mixed_precision:
-            return tf.float16
-        return tf.float32
 
     def _features(self):
         mp, batch_size = self.model_params, self.train_params["batch_size"]
@@ -86,123 +199,22 @@ class Trainer:
                                      shuffle=True, seed=self.opts.seed, repeat=True)
         return tf.data.make_one_shot_iterator(ds).get_next()
 
-    def _spout(self, features, batch_size):
-        p = self.model_params.get("num_spout", 0)
-        if self.opts.spout_vector == "uniform":
-            return tf.random.uniform([batch_size, p], seed=self.opts.seed)
-        if self.opts.spout_vector == "onehot":
-            return tf.one_hot(tf.math.floormod(features["i"], p), p)
-        return None
-
     def _build(self):
-        o, mp = self.opts, self.model_params
-        batch_size, length = self.train_params["batch_size"], mp["num_contexts"]
-        features = self._features()
-        mtf_graph, mesh = meshlib.new_mesh()
-        cfg = network.Config(mp, activation_dtype=self._activation_dtype(), layout=meshlib.LAYOUT,
-                             mesh_shape=self.devices.shape, router_jitter=o.router_jitter,
-                             seed=o.seed)
-        batch = mtf.Dimension("batch", batch_size)
-        length_dim = mtf.Dimension("length", length)
-
-        def imp(t, dims):
-            return runtime.import_tensor(mesh, t, dims)
-
-        spout = self._spout(features, batch_size)
-        out = network.model(
-            imp(features["x"], [batch, length_dim]), cfg,
-            num_precontext=imp(features["num_input"], [batch]),
-            spout=None if spout is None else imp(spout, [batch, cfg.dims.spout]), train=True)
-        lm_loss = network.lm_loss(out["logits"], imp(features["y"], [batch, length_dim]),
-                                  cfg.dims.vocab)
-        aux_loss = out["aux_loss"] if out["aux_loss"] is not None else mtf.zeros(mesh, [])
-        aux_loss = mtf.cast(aux_loss, tf.float32)
-        loss = lm_loss + aux_loss
-
-        variables = self._trainable(mtf_graph)
-        self.global_step = tf.train.get_or_create_global_step()
-        lr = optimizer.learning_rate(self.global_step, self.train_params["base_lr"],
-                                     self.train_params["num_warmup_steps"])
-        mtf_lr = imp(lr, [])
-        scale = None
-        if o.use_mixed_precision:
-            self.loss_scale = tf.get_variable("loss_scale", initializer=float(o.loss_scale),
-                                              trainable=False)
-            scale = imp(self.loss_scale, [])
-        grads = mtf.gradients([loss * scale if scale is not None else loss],
-                              [v.outputs[0] for v in variables])
-        grads = [mtf.cast(g, tf.float32) for g in grads]
-        apply = None
-        if scale is not None:
-            apply = optimizer.finite_flag(grads)
-            grads = [optimizer.zero_nonfinite(g) / scale for g in grads]
-        if o.clip_gradients > 0:
-            grads, _ = optimizer.clip_by_global_norm(grads, o.clip_gradients)
-        if o.optimizer == "adam":
-            updates = optimizer.adam_updates(variables, grads, mtf_lr, apply)
-        elif o.optimizer == "adafactor":
-            updates = optimizer.adafactor_updates(variables, grads, mtf_lr)
-        else:
-            raise UserError("--optimizer must be adam or adafactor")
-
         impl = meshlib.placement(self.devices.shape, self.devices.devices)
-        self.lowering = mtf.Lowering(mtf_graph, {mesh: impl})
-        self.loss = self.lowering.export_to_tf_tensor(lm_loss)
-        self.aux_loss = self.lowering.export_to_tf_tensor(aux_loss)
-        self.learning_rate = lr
-        tf_updates = [self.lowering.lowered_operation(op) for op in updates]
-        step_ops = tf_updates + [tf.assign_add(self.global_step, 1)]
-        if apply is not None:
-            finite = self.lowering.export_to_tf_tensor(apply) > 0.5
-            step_ops.append(self._loss_scale_update(finite))
-        self.train_op = tf.group(step_ops)
-        self.tokens_per_step = batch_size * length
-
-        self.trainable_names = sorted(v.name for v in variables)
-        self.frozen_names = sorted(v.name for v in mtf_graph.trainable_variables
-                                   if v.name not in set(self.trainable_names))
-        self.count = {
-            "trainable": sum(v.shape.size for v in variables),
-            "frozen": sum(v.shape.size for v in mtf_graph.trainable_variables) -
-            sum(v.shape.size for v in variables),
-            "optimizer_bytes": 4 * sum(v.shape.size for v in mtf_graph.all_variables
-                                       if not v.trainable),
-        }
+        step = build_train_step(self.opts, self._features(), self.devices.shape, impl)
+        for name in ("lowering", "global_step", "learning_rate", "loss_scale", "loss",
+                     "aux_loss", "train_op", "tokens_per_step", "trainable_names",
+                     "frozen_names", "count"):
+            setattr(self, name, getattr(step, name))
         self.saver = tf.train.Saver(max_to_keep=self.train_params["max_to_keep_save"],
                                     sharded=True, save_relative_paths=True)
         self.copy_to_slices = self.lowering.copy_masters_to_slices()
         self.copy_to_masters = self.lowering.copy_slices_to_masters()
         self.init = tf.group(tf.global_variables_initializer(), tf.local_variables_initializer())
-        self.init_local = tf.local_variables_initializer()
         with tf.name_scope("summaries"):
             self.summaries = tf.summary.merge([
                 tf.summary.scalar("loss", self.loss), tf.summary.scalar("aux_loss", self.aux_loss),
-                tf.summary.scalar("learning_rate", lr)])
-
-    def _loss_scale_update(self, finite):
-        """Dynamic loss scaling: halve on overflow (the step is skipped), double
-        after 1000 clean steps."""
-        good = tf.get_variable("loss_scale_good_steps", initializer=0, trainable=False)
-        grow = tf.logical_and(finite, tf.equal(tf.math.floormod(good + 1, 1000), 0))
-        new_scale = tf.where(finite, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
-                             tf.maximum(self.loss_scale / 2.0, 1.0))
-        return tf.group(tf.assign(self.loss_scale, new_scale),
-                        tf.assign(good, tf.where(finite, good + 1, 0)))
-
-    def _trainable(self, mtf_graph):
-        names = {v.name for v in mtf_graph.trainable_variables}
-        unknown = [n for n in self.opts.ignore_parameters if n not in names]
-        if unknown:
-            raise UserError("--ignore_parameters names %s, which is not a variable of this model"
-                            % unknown[0])
-        frozen = set(self.opts.ignore_parameters)
-        if self.opts.spout_vector == "none":
-            # Spout weights receive no gradient without a spout: leave them alone.
-            frozen |= {n for n in names if n.startswith("pasts/")}
-        variables = [v for v in mtf_graph.trainable_variables if v.name not in frozen]
-        if not variables:
-            raise UserError("every variable is frozen; nothing to train")
-        return variables
+                tf.summary.scalar("learning_rate", self.learning_rate)])
 
     # ---- session -----------------------------------------------------------
     def start(self):
@@ -235,7 +247,7 @@ class Trainer:
             path = runtime.latest_checkpoint(path)
         stored = dict(tf.train.list_variables(path))
         wanted = [v for v in self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
-                  if v.op.name in stored and not _is_training_state(v.op.name)]
+                  if v.op.name in stored and not is_training_state(v.op.name)]
         runtime.check_checkpoint(path, {v.op.name: v.shape.as_list() for v in wanted})
         tf.train.Saver(var_list=wanted).restore(self.session, path)
 
@@ -253,7 +265,7 @@ class Trainer:
     def run(self):
         """Train until max_training_step; returns a summary dict."""
         o, tp = self.opts, self.train_params
-        stop = _StopFlag()
+        stop = StopFlag()
         writer = tf.summary.FileWriter(o.output_dir, self.graph) if o.log_every else None
         step = self.step()
         start_step, last_save, losses = step, time.time(), []
@@ -298,7 +310,7 @@ class Trainer:
         self.session.close()
 
 
-def _is_training_state(name):
+def is_training_state(name):
     return "/adam_" in name or name.startswith("loss_scale") or name == "global_step"
 
 
@@ -306,11 +318,11 @@ def _has_training_state(path, graph):
     """Does the checkpoint hold this graph's optimizer state (i.e. was it written
     by this training setup), rather than model weights alone?"""
     stored = dict(tf.train.list_variables(path))
-    wanted = [n for n in runtime.expected_variables(graph) if _is_training_state(n)]
+    wanted = [n for n in runtime.expected_variables(graph) if is_training_state(n)]
     return all(n in stored for n in wanted) and "global_step" in stored
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop after the current step; it then saves."""
 
     def __init__(self):

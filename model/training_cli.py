@@ -37,7 +37,15 @@ def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.p
                    help="override the mesh, e.g. 2x2 or 'batch:2;model:2'")
     p.add_argument("--cpu_devices", type=int, default=None,
                    help="split the CPU into N logical devices (model parallelism on a laptop)")
-    p.add_argument("--tpu_nodes", default=None, help="TPU name(s) for TPUClusterResolver")
+    p.add_argument("--tpu_nodes", default=None,
+                   help="TPU name(s) for TPUClusterResolver: train through TPUEstimator on "
+                        "that TPU (mesh from num_pallarelizm over all its cores, or --mesh_shape)")
+    p.add_argument("--use_tpu_estimator", action="store_true",
+                   help="run the TPUEstimator program on this machine's CPU (no TPU needed): "
+                        "checks a TPU setup before paying for one")
+    p.add_argument("--iterations_per_loop", type=int, default=100,
+                   help="TPUEstimator steps per host round trip (checkpoints, --max_minutes "
+                        "and signals act between loops)")
     p.add_argument("--worker_hosts", default=None,
                    help="comma-separated host:port of a multi-host CPU/GPU cluster "
                         "(or set TF_CONFIG)")
@@ -76,12 +84,9 @@ def check_vocabulary(path, model_params):
 
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
     """Shared by run_training.py and run_finetune.py: build options, train, report."""
-    from model import cluster, train
+    from model import train
 
     check_vocabulary(args.vocabulary, params["model_params"])
-    devices = cluster.devices_from_args(args, params["model_params"])
-    if devices is None:  # a non-chief worker served its devices until the chief finished
-        return 0
     opts = train.TrainOptions(
         params=params, input_files=args.input_files, output_dir=output_dir,
         max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
@@ -90,12 +95,26 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
         use_mixed_precision=args.use_mixed_precision, loss_scale=args.loss_scale,
         clip_gradients=args.clip_gradients,
         ignore_parameters=list(extra_frozen) or parse_frozen(args.ignore_parameters),
-        init_checkpoint=init_checkpoint, devices=devices, seed=args.seed,
-        progress=not args.no_progress)
+        init_checkpoint=init_checkpoint, seed=args.seed, progress=not args.no_progress)
+    if args.tpu_nodes or args.use_tpu_estimator:
+        summary = _train_with_estimator(args, opts)
+    else:
+        summary = _train_in_session(args, opts)
+    if summary is not None:
+        print(json.dumps(summary))
+    return 0
+
+
+def _train_in_session(args, opts):
+    from model import cluster, train
+
+    opts.devices = cluster.devices_from_args(args, opts.params["model_params"])
+    if opts.devices is None:  # a non-chief worker served its devices until the chief finished
+        return None
     trainer = train.Trainer(opts)
-    info = train.describe(trainer)
-    print("mesh %s on %s" % (devices.shape, ", ".join(devices.devices)), file=sys.stderr)
-    for key, value in info.items():
+    print("mesh %s on %s" % (opts.devices.shape, ", ".join(opts.devices.devices)),
+          file=sys.stderr)
+    for key, value in train.describe(trainer).items():
         print("%s: %s" % (key, format(value, ",")), file=sys.stderr)
     trainer.start()
     if trainer.resumed_from:
@@ -103,5 +122,29 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
               file=sys.stderr)
     summary = trainer.run()
     trainer.close()
-    print(json.dumps(summary))
-    return 0
+    return summary
+
+
+def _train_with_estimator(args, opts):
+    from model import cluster, estimator, mesh as meshlib
+
+    if args.iterations_per_loop < 1:
+        cli.fail("--iterations_per_loop must be at least 1")
+    if args.worker_hosts:
+        cli.fail("--worker_hosts is for GPU/CPU clusters; a TPU brings its own hosts")
+    master, cores = None, None
+    if args.tpu_nodes:
+        master, cores = cluster.resolve_tpu(args.tpu_nodes)
+    else:
+        cores = args.cpu_devices or 1
+    try:
+        shape = (meshlib.parse_mesh_shape(args.mesh_shape) if args.mesh_shape else
+                 meshlib.mesh_shape(cores, min(opts.params["model_params"]["num_pallarelizm"],
+                                               cores)))
+    except ValueError as e:
+        cli.fail(str(e))
+    if master is not None and shape.size != cores:
+        cli.fail("mesh %s needs %d TPU cores; %s has %d" % (shape, shape.size, args.tpu_nodes,
+                                                           cores))
+    print("TPUEstimator, mesh %s on %s" % (shape, master or "the host CPU"), file=sys.stderr)
+    return estimator.train_with_estimator(opts, shape, master, args.iterations_per_loop)

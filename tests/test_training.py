@@ -186,3 +186,107 @@ def test_two_worker_cluster_on_localhost_trains_a_step(records, tmp_path):
     assert chief.returncode == 0, chief.stderr[-2000:]
     assert "/job:worker/task:1" in chief.stderr
     assert json.loads(chief.stdout.strip().splitlines()[-1])["step"] == 2
+
+
+# ---- the TPUEstimator path, run on the host CPU (use_tpu=False) -------------------
+
+def estimator_train(records, out, steps, mesh="1x1", **kw):
+    from model import estimator, mesh as meshlib, train
+    kw.setdefault("router_jitter", 0.0)
+    opts = train.TrainOptions(params=kw.pop("params", tiny_params(str(out))), input_files=records,
+                              output_dir=str(out), max_training_step=steps, progress=False, **kw)
+    return estimator.train_with_estimator(opts, meshlib.parse_mesh_shape(mesh),
+                                          iterations_per_loop=5)
+
+
+def test_estimator_program_computes_what_the_session_loop_computes(records, tmp_path):
+    # Same seed, same records, same initial weights: the TPUEstimator program
+    # (here on a 2x2 logical-CPU mesh) must see the same losses as the session
+    # loop on 1x1, step for step.
+    params = tiny_params()
+    params["train_params"]["base_lr"] = 1e-4
+    session = make_trainer(records, tmp_path / "session", 6,
+                           params=json.loads(json.dumps(params)))
+    expected = session.run()["losses"]
+    session.close()
+    summary = estimator_train(records, tmp_path / "estimator", 6, mesh="2x2",
+                              params=json.loads(json.dumps(params)))
+    assert summary["step"] == 6 and summary["steps_run"] == 6
+    np.testing.assert_allclose(summary["losses"], expected, atol=1e-4)
+    # Same checkpoint contents: names, shapes and dtypes.
+    a, b = checkpoint_tensors(tmp_path / "session"), checkpoint_tensors(tmp_path / "estimator")
+    assert sorted(a) == sorted(b)
+    assert all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_estimator_learns_and_checkpoints_resume_across_both_paths(records, tmp_path):
+    out = tmp_path / "run"
+    first = estimator_train(records, out, 30)
+    assert len(first["losses"]) == 30
+    assert np.mean(first["losses"][-5:]) < np.mean(first["losses"][:5]) - 1.0, first["losses"]
+    saved = checkpoint_tensors(out)
+    assert saved["global_step"] == 30
+    # The session loop resumes the estimator's checkpoint with its weights and slots ...
+    resumed = make_trainer(records, out, 30)
+    assert resumed.step() == 30 and resumed.resumed_from.endswith("model.ckpt-30")
+    resumed.session.run(resumed.copy_to_masters)
+    with resumed.graph.as_default():
+        now = {v.op.name: v for v in tf.global_variables()}
+    for name in ("model/wte", "model/moe1/wi/kernel", "model/wte/adam_v"):
+        np.testing.assert_array_equal(resumed.session.run(now[name]), saved[name])
+    resumed.opts.max_training_step = 33
+    assert resumed.run()["step"] == 33
+    resumed.close()
+    # ... and the estimator resumes the session loop's.
+    again = estimator_train(records, out, 35)
+    assert again["resumed_from"].endswith("model.ckpt-33")
+    assert again["step"] == 35 and again["steps_run"] == 2
+
+
+def test_estimator_starts_from_other_weights_and_keeps_frozen_ones(records, tmp_path):
+    start = make_trainer(records, tmp_path / "init", 3)
+    start.run()
+    start.close()
+    before = checkpoint_tensors(tmp_path / "init")
+    frozen = ["model/wte", "model/an1/g"]
+    estimator_train(records, tmp_path / "run", 4, ignore_parameters=frozen,
+                    init_checkpoint=str(tmp_path / "init"))
+    after = checkpoint_tensors(tmp_path / "run")
+    assert after["global_step"] == 4  # a new run: the source's step is not taken over
+    for name in frozen:
+        np.testing.assert_array_equal(after[name], before[name])
+        assert name + "/adam_m" not in after
+    assert not np.array_equal(after["model/wpe"], before["model/wpe"])
+
+
+def test_estimator_refuses_a_weights_only_output_dir(tmp_path):
+    from model import estimator
+    from model.cli import UserError
+    with tf.Graph().as_default():
+        tf.get_variable("model/wte", [2, 2])
+        with tf.Session() as s:
+            s.run(tf.global_variables_initializer())
+            tf.train.Saver().save(s, str(tmp_path / "model.ckpt"))
+    with pytest.raises(UserError, match="another --output_dir"):
+        estimator.check_resumable(str(tmp_path))
+
+
+def test_run_training_through_the_estimator_on_cpu(records, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(run_training_cmd(records, out, 4, "--use_tpu_estimator",
+                                           "--iterations_per_loop", "2"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 4 and len(summary["losses"]) == 4
+    assert checkpoint_tensors(out)["global_step"] == 4
+
+
+def test_unreachable_tpu_is_a_one_line_error_within_the_timeout():
+    from model import cluster
+    from model.cli import UserError
+    t = time.time()
+    # A closed port on this machine: the resolver would wait for it forever.
+    with pytest.raises(UserError, match="did not answer within 8 s"):
+        cluster.resolve_tpu("grpc://127.0.0.1:%d" % free_port(), timeout=8)
+    assert time.time() - t < 30
