@@ -422,6 +422,38 @@ def test_help_is_fast_and_lists_standard_sizes():
         assert size in result.stdout
 
 
+def kanji_share_units(share, count=4):
+    """Units select_units picks on a tiny corpus where kana units save the most tokens."""
+    text = "".join(["です。ます。より。から。" * 20, "設定。" * 6, "日本語。" * 4, "会社。" * 3, "学校。" * 2])
+    index = build_vocab.GramIndex([text], set(text) - {"。"})
+    candidates = {}
+    for n in (2, 3):
+        candidates.update(index.counts(n, build_vocab.MIN_UNIT_COUNT))
+    units, _ = build_vocab.select_units(index, candidates, count, [], lambda it, **kw: it,
+                                        kanji_share=share)
+    assert len(units) == count
+    return units, sorted(u for u in units if re.fullmatch("[一-龥]+", u))
+
+
+def test_kanji_unit_share_reserves_unit_ids_for_kanji_compounds():
+    units, kanji = kanji_share_units(0.0)
+    assert kanji == [], "without a share the kana units, which save more tokens, take every id"
+    # half of the 4 ids go to the all-kanji units that save the most tokens among
+    # themselves: 日本語 (4 uses x 2 tokens) and 設定 (6 x 1), not 会社 (3) or 学校 (2)
+    units, kanji = kanji_share_units(0.5)
+    assert kanji == ["日本語", "設定"]
+    assert len(units - set(kanji)) == 2 and all(re.fullmatch("[ぁ-ん]+", u)
+                                                for u in units - set(kanji))
+    assert len(kanji_share_units(1.0)[1]) == 4
+
+
+def test_kanji_unit_share_out_of_range_is_a_user_error(corpus_dir, fake_unicode_dir, tmp_path):
+    args = tool_args(corpus_dir, fake_unicode_dir, str(tmp_path)) + ["--kanji_unit_share", "1.5"]
+    result = run_tool(*args)
+    assert result.returncode == 2 and "--kanji_unit_share" in result.stderr
+    assert not (tmp_path / "vocab.txt").exists()
+
+
 def test_check_vocabulary_rejects_a_shadowed_unit():
     body = ["ab", "a", "b", "abc"]  # abc (id 3) can never win over ab (id 0)
     with pytest.raises(ValueError, match="shadowed"):
