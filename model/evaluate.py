@@ -1,5 +1,8 @@
 """Held-out loss of a trained model on TFRecord shards (the same loss as
-training: cross-entropy over positions with a target, without z-loss)."""
+training: cross-entropy over positions with a target, without z-loss),
+optionally with a spout vector, and the character-type shares of text."""
+import unicodedata
+
 import numpy as np
 
 from model import params as params_lib, runtime
@@ -33,17 +36,133 @@ def cross_entropy(logits, targets):
     return float(((log_z - picked) * valid).sum() / max(valid.sum(), 1)), int(valid.sum())
 
 
-def heldout_loss(model_dir, pattern, max_examples=64, batch_size=4):
-    model_params = params_lib.load(model_dir)["model_params"]
-    x, y, n = read_records(pattern, model_params["num_contexts"], max_examples)
-    if not len(x):
-        raise ValueError("no records match %s" % pattern)
-    forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"]).restore(model_dir)
+def spout_vector(spout, num_spout):
+    """None, a class number (one-hot, as run_generate.py --spout K and
+    run_finetune.py --spout_vector onehot) or num_spout values -> float32 [num_spout]."""
+    if spout is None:
+        return None
+    if not num_spout:
+        raise ValueError("this model has no spout weights (num_spout is 0)")
+    if isinstance(spout, (int, np.integer)):
+        if not 0 <= spout < num_spout:
+            raise ValueError("spout class %d is outside 0..%d" % (spout, num_spout - 1))
+        return np.eye(num_spout, dtype=np.float32)[spout]
+    vector = np.asarray(spout, np.float32).reshape(-1)
+    if vector.size != num_spout:
+        raise ValueError("spout holds %d values but the model's num_spout is %d"
+                         % (vector.size, num_spout))
+    return vector
+
+
+def _batches(x, y, n, batch_size):
+    """Every example exactly once; the last batch is filled with copies whose
+    targets are all -1, so they add no positions to the loss."""
+    for start in range(0, len(x), batch_size):
+        xs, ys, ns = x[start:start + batch_size], y[start:start + batch_size], n[start:start + batch_size]
+        short = batch_size - len(xs)
+        if short:
+            xs = np.concatenate([xs, np.repeat(xs[:1], short, 0)])
+            ys = np.concatenate([ys, np.full((short, ys.shape[1]), -1, ys.dtype)])
+            ns = np.concatenate([ns, np.repeat(ns[:1], short, 0)])
+        yield xs, ys, ns
+
+
+def _mean_loss(forward, data, batch_size, spout=None, first_positions=None):
+    x, y, n = data
+    if first_positions is not None:  # only the first positions of each example count
+        y = np.where(np.arange(y.shape[1])[None] < first_positions, y, -1)
     total, count = 0.0, 0
-    for start in range(0, len(x) - batch_size + 1, batch_size):
-        sl = slice(start, start + batch_size)
-        logits = forward(x[sl], num_precontext=n[sl])["logits"]
-        loss, positions = cross_entropy(logits, y[sl])
+    for xs, ys, ns in _batches(x, y, n, batch_size):
+        inputs = {"num_precontext": ns}
+        if spout is not None:
+            inputs["spout"] = np.repeat(spout[None], batch_size, 0)
+        logits = forward(xs, **inputs)["logits"]
+        loss, positions = cross_entropy(logits, ys)
         total, count = total + loss * positions, count + positions
-    forward.close()
     return total / max(count, 1)
+
+
+def _load(model_dir, pattern, model_params, max_examples):
+    data = read_records(pattern, model_params["num_contexts"], max_examples)
+    if not len(data[0]):
+        raise ValueError("no records match %s" % pattern)
+    return data
+
+
+def heldout_loss(model_dir, pattern, max_examples=64, batch_size=4, spout=None,
+                 first_positions=None):
+    """Mean cross-entropy per target position over the first `max_examples`
+    records matching `pattern`.
+
+    spout: None (the model without a spout input), a class number (one-hot) or a
+    vector of num_spout values, given to every example as in run_generate.py.
+    first_positions: count only targets at positions < this (where an example's
+    own text says least about its class, so a spout matters most).
+    """
+    model_params = params_lib.load(model_dir)["model_params"]
+    vector = spout_vector(spout, model_params.get("num_spout", 0))
+    data = _load(model_dir, pattern, model_params, max_examples)
+    forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
+                              with_spout=vector is not None).restore(model_dir)
+    try:
+        return _mean_loss(forward, data, batch_size, vector, first_positions)
+    finally:
+        forward.close()
+
+
+def spout_loss_table(model_dir, patterns, spouts, max_examples=64, batch_size=4,
+                     first_positions=None):
+    """table[r][c] = heldout_loss(model_dir, patterns[r], spout=spouts[c]), with
+    one graph for the whole table (spouts must not be None)."""
+    model_params = params_lib.load(model_dir)["model_params"]
+    vectors = [spout_vector(s, model_params.get("num_spout", 0)) for s in spouts]
+    if any(v is None for v in vectors):
+        raise ValueError("spout_loss_table needs a spout for every column")
+    datasets = [_load(model_dir, p, model_params, max_examples) for p in patterns]
+    forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
+                              with_spout=True).restore(model_dir)
+    try:
+        return [[_mean_loss(forward, data, batch_size, v, first_positions) for v in vectors]
+                for data in datasets]
+    finally:
+        forward.close()
+
+
+CHAR_TYPES = ("ascii", "hiragana", "katakana", "kanji", "other")
+
+
+def char_type(ch):
+    """ascii, hiragana, katakana, kanji or other (for one character)."""
+    o = ord(ch)
+    if o < 0x80:
+        return "ascii"
+    if 0x3041 <= o <= 0x309F:
+        return "hiragana"
+    if 0x30A0 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF or 0xFF66 <= o <= 0xFF9D:
+        return "katakana"
+    if (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF
+            or 0x20000 <= o <= 0x3FFFF or ch == "々"):
+        return "kanji"
+    return "other"
+
+
+def char_type_shares(texts):
+    """Share of each character type among the non-whitespace characters of a
+    text (or of several texts together). Full-width ASCII (Ａ, １, －) is
+    folded to ASCII first, so a full-width option counts as ASCII. Returns
+    {type: share} over CHAR_TYPES plus "chars" (the number counted); all
+    shares are 0.0 when nothing is counted."""
+    if isinstance(texts, str):
+        texts = [texts]
+    counts = dict.fromkeys(CHAR_TYPES, 0)
+    for text in texts:
+        for ch in text:
+            if ch.isspace():
+                continue
+            if 0xFF01 <= ord(ch) <= 0xFF5E:
+                ch = unicodedata.normalize("NFKC", ch)
+            counts[char_type(ch)] += 1
+    total = sum(counts.values())
+    shares = {k: (v / total if total else 0.0) for k, v in counts.items()}
+    shares["chars"] = total
+    return shares
