@@ -176,17 +176,66 @@ def switch_ffn(x, cfg, train, name):
     d = cfg.dims
     length = x.shape.dims[1]
     with tf.variable_scope(name, custom_getter=seeded_by_name(cfg)):
-        # Every position counts for load balancing (the layer needs the weights
-        # explicitly when training).
-        nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)
-        moe_out, aux_loss = mtf_moe.transformer_moe_layer_v1(
-            x, d.hidden, moe_hparams(cfg, length.size, train), train, cfg.variable_dtype,
-            layout=cfg.layout, mesh_shape=cfg.mesh_shape, nonpadding=nonpadding,
-            activation=mtf.relu)
+        experts = None if train else chosen_experts_only(x, cfg)
+        if experts is not None:
+            moe_out, aux_loss = experts, mtf.zeros(x.mesh, [])
+        else:
+            # Every position counts for load balancing (the layer needs the weights
+            # explicitly when training).
+            nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)
+            moe_out, aux_loss = mtf_moe.transformer_moe_layer_v1(
+                x, d.hidden, moe_hparams(cfg, length.size, train), train, cfg.variable_dtype,
+                layout=cfg.layout, mesh_shape=cfg.mesh_shape, nonpadding=nonpadding,
+                activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
                           stddev=SOFTMLP_STDDEV)
     bypass = mtf.tanh(mtf.einsum([x, w_soft], reduced_dims=[d.hidden]))
     return moe_out + mtf.rename_dimension(bypass, d.hidden_out.name, d.hidden.name), aux_loss
+
+
+def chosen_experts_only(x, cfg):
+    """The switch layer for one new token per row (a decoding step), reading
+    only the chosen expert's weights: mesh-tensorflow's layer multiplies every
+    expert's weights (with a one-hot dispatch), so at batch 1 a step would read
+    all E experts to use one. Same variables, routing and arithmetic as that
+    layer at inference (float32 router softmax, top-1, gate times ReLU expert).
+    Returns None where it does not apply: more rows than experts, or experts
+    split over the mesh."""
+    d, mesh = cfg.dims, x.mesh
+    batch, length = x.shape.dims[:2]
+    model_dims = [m.size for m in cfg.mesh_shape.dims if m.name == "model"]
+    if length.size != 1 or batch.size >= d.num_experts or (model_dims and model_dims[0] > 1):
+        return None
+    experts = mtf.Dimension("experts", d.num_experts)
+    unsplit = mtf.Dimension("expert_unsplit", d.num_experts)
+    expert_hidden = mtf.Dimension("expert_hidden", 8 * d.hidden.size)
+    router = moe_kernel(mesh, "switch_gating", [d.hidden, unsplit], cfg)
+    wi = moe_kernel(mesh, "wi", [experts, d.hidden, expert_hidden], cfg)
+    wo = moe_kernel(mesh, "wo", [experts, expert_hidden, d.hidden], cfg)
+    gate_logits = mtf.einsum([mtf.to_float(x), mtf.cast(router, tf.float32)],
+                             reduced_dims=[d.hidden])
+    gate, index = mtf.top_1(mtf.softmax(gate_logits, reduced_dim=unsplit), reduced_dim=unsplit)
+    index = mtf.reshape(index, [batch])
+
+    def own_expert(w):
+        # The layout may name a mesh axis for experts; it has size 1 here.
+        return mtf.slicewise(lambda w, i: tf.gather(w, i, axis=0), [w, index],
+                             output_shape=mtf.Shape([batch] + (w.shape - experts).dims),
+                             output_dtype=w.dtype, splittable_dims=[batch] + w.shape.dims)
+
+    hidden = mtf.relu(mtf.einsum([x, own_expert(wi)], reduced_dims=[d.hidden]))
+    out = mtf.einsum([hidden, own_expert(wo)], reduced_dims=[expert_hidden])
+    return out * mtf.cast(gate, out.dtype)
+
+
+def moe_kernel(mesh, name, dims, cfg):
+    """A switch-layer kernel as mesh-tensorflow's dense layer makes it (or the
+    one it already made): same name, dimensions and fan-in-scaled truncated
+    normal initializer (seeded by name through seeded_by_name)."""
+    fan_in = dims[-2].size
+    init = tf.truncated_normal_initializer(stddev=fan_in ** -0.5)
+    return mtf.get_variable(mesh, name + "/kernel", mtf.Shape(dims), initializer=init,
+                            dtype=cfg.variable_dtype)
 
 
 def ext_ffn(x, cfg, name):

@@ -224,6 +224,29 @@ def test_decoding_with_pasts_equals_the_full_pass(forward, config, num_precontex
     assert_same_computation(tail["presents"], full["presents"][..., first:, :])
 
 
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_one_token_step_reads_only_the_chosen_experts_and_equals_the_full_pass(
+        forward, config, monkeypatch):
+    """A decoding step (one token, fewer rows than experts) takes the switch
+    layer's own-expert path; it must compute what the full pass computes."""
+    from model import network
+    taken = []
+    real = network.chosen_experts_only
+    monkeypatch.setattr(network, "chosen_experts_only",
+                        lambda x, cfg: taken.append(real(x, cfg)) or taken[-1])
+    length = LENGTHS[config]
+    tokens, inputs = example(config)
+    full = forward(config)(tokens, **inputs)
+    head = forward(config, length=length - 1)(tokens[:, :-1], **inputs)
+    step = forward(config, length=1, past_length=length - 1)(
+        tokens[:, -1:], pasts=head["presents"], **inputs)
+    assert BATCH < CONFIGS[config]["num_experts"]
+    assert [t is not None for t in taken][-CONFIGS[config]["num_switch_layers"]:] == \
+        [True] * CONFIGS[config]["num_switch_layers"]
+    assert_same_computation(step["logits"], full["logits"][:, -1:])
+    assert_same_computation(step["presents"], full["presents"][..., -1:, :])
+
+
 # --- mesh layouts -----------------------------------------------------------
 
 @pytest.mark.parametrize("config,mesh", [
