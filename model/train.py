@@ -106,6 +106,22 @@ def loss_scale_update(loss_scale, finite):
                     tf.assign(good, tf.where(finite, good + 1, 0)))
 
 
+def after_every_gradient(grads):
+    """The gradients, each available only once all of them are computed.
+
+    The backward pass reads the weights directly (TF1 reference variables), so
+    an update that ran before a later gradient was computed would change what
+    that gradient sees, and a step would depend on thread timing. (On a TPU the
+    step is compiled as one XLA program, where this cannot happen.)
+    """
+    def laid_out(g):  # a plain tensor per slice, as control dependencies need
+        return mtf.slicewise(tf.identity, [g], output_shape=g.shape, output_dtype=g.dtype,
+                             splittable_dims=g.shape.dims)
+
+    barrier = [laid_out(g) for g in grads]
+    return [mtf.depend(g, barrier) for g in barrier]
+
+
 def build_train_step(opts, features, mesh_shape, mesh_impl):
     """features -> model -> loss -> optimizer, lowered onto `mesh_impl`.
 
@@ -147,6 +163,8 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
     grads = mtf.gradients([loss * scale if scale is not None else loss],
                           [v.outputs[0] for v in variables])
     grads = [mtf.cast(g, tf.float32) for g in grads]
+    if mesh_impl.supports_control_dependencies:
+        grads = after_every_gradient(grads)
     apply = None
     if scale is not None:
         apply = optimizer.finite_flag(grads)

@@ -64,13 +64,7 @@ def rewrite_checkpoint(src, dst, changes):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(src))
     tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
     tensors.update(changes)
-    with tf.Graph().as_default():
-        variables = {name: tf.Variable(value, name="v%d" % k)
-                     for k, (name, value) in enumerate(tensors.items())}
-        saver = tf.train.Saver(variables)
-        with tf.Session() as session:
-            session.run(tf.global_variables_initializer())
-            saver.save(session, os.path.join(dst, "model.ckpt"))
+    tiny_model.save_checkpoint(tensors, dst)
     paramslib.save(paramslib.load(src), dst)
     return dst
 

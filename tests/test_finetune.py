@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import numpy_gptsan as ref
+import tiny_model
 from model import convert, network, params as paramslib, runtime
 from model.cli import UserError
 from model.compat import tf
@@ -92,14 +93,7 @@ def write_source(folder, params, seed, with_slots=False):
             tensors[name + "/adam_m"] = rng.normal(0, 1e-3, value.shape).astype(np.float32)
             tensors[name + "/adam_v"] = rng.uniform(0, 1e-6, value.shape).astype(np.float32)
     tensors["global_step"] = np.int64(7)
-    os.makedirs(folder, exist_ok=True)
-    with tf.Graph().as_default():
-        variables = {name: tf.Variable(value, name="v%d" % k)
-                     for k, (name, value) in enumerate(tensors.items())}
-        saver = tf.train.Saver(variables)
-        with tf.Session() as session:
-            session.run(tf.global_variables_initializer())
-            saver.save(session, os.path.join(folder, "model.ckpt"), global_step=7)
+    tiny_model.save_checkpoint(tensors, folder, global_step=7)
     paramslib.save(params, folder)
     return folder
 

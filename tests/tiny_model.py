@@ -56,6 +56,20 @@ def make_model_dir(path, params=None, seed=0, output_bias=None):
     return path
 
 
+def save_checkpoint(tensors, folder, global_step=None):
+    """Write {variable name: array} as a TensorFlow checkpoint in `folder`."""
+    from model.compat import tf
+
+    os.makedirs(folder, exist_ok=True)
+    with tf.Graph().as_default():
+        variables = {name: tf.Variable(value, name="v%d" % k)
+                     for k, (name, value) in enumerate(tensors.items())}
+        saver = tf.train.Saver(variables)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            saver.save(session, os.path.join(folder, "model.ckpt"), global_step=global_step)
+
+
 def reference_paths(shared_dir):
     """The released vocabulary and emoji table in the shared reference data."""
     ref = os.path.join(shared_dir, "reference")
