@@ -82,7 +82,7 @@ def _mean_loss(forward, data, batch_size, spout=None, first_positions=None):
     return total / max(count, 1)
 
 
-def _load(model_dir, pattern, model_params, max_examples):
+def _load(pattern, model_params, max_examples):
     data = read_records(pattern, model_params["num_contexts"], max_examples)
     if not len(data[0]):
         raise ValueError("no records match %s" % pattern)
@@ -101,7 +101,7 @@ def heldout_loss(model_dir, pattern, max_examples=64, batch_size=4, spout=None,
     """
     model_params = params_lib.load(model_dir)["model_params"]
     vector = spout_vector(spout, model_params.get("num_spout", 0))
-    data = _load(model_dir, pattern, model_params, max_examples)
+    data = _load(pattern, model_params, max_examples)
     forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
                               with_spout=vector is not None).restore(model_dir)
     try:
@@ -118,7 +118,7 @@ def spout_loss_table(model_dir, patterns, spouts, max_examples=64, batch_size=4,
     vectors = [spout_vector(s, model_params.get("num_spout", 0)) for s in spouts]
     if any(v is None for v in vectors):
         raise ValueError("spout_loss_table needs a spout for every column")
-    datasets = [_load(model_dir, p, model_params, max_examples) for p in patterns]
+    datasets = [_load(p, model_params, max_examples) for p in patterns]
     forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
                               with_spout=True).restore(model_dir)
     try:
