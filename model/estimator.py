@@ -29,7 +29,9 @@ def tpu_master(tpu_nodes):
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_nodes.split(","))
     master = resolver.get_master()
     workers = len(resolver.cluster_spec().as_dict().get("worker", [None]))
-    cores = resolver.num_accelerators().get("TPU", 8)
+    cores = resolver.num_accelerators().get("TPU")
+    if not cores:
+        raise ValueError("%s reports no TPU cores" % tpu_nodes)
     return master, workers * cores
 
 
