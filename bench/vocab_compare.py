@@ -13,7 +13,8 @@ follows the same rules). Measured:
   * characters per token (higher is better);
   * share of characters that fell back to <|byteN|> tokens (lower is better),
     counted by decoding each run of byte tokens back to characters;
-  * variant spellings: spellings beyond the first on every line;
+  * variant spellings: spellings beyond the first on every line, and how many of
+    them hold a variation selector (葛 + U+E0100: registered glyph variants);
   * dead lines: lines none of whose spellings can ever be chosen, because a
     prefix of each has a lower id (the encoder picks the lowest id).
 
@@ -128,6 +129,14 @@ def variant_spellings(lines):
     return sum(len(spellings) - 1 for spellings in lines)
 
 
+def is_selector(char):
+    return "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef"
+
+
+def sequence_spellings(lines):
+    return sum(1 for spellings in lines for s in spellings[1:] if any(map(is_selector, s)))
+
+
 def dead_lines(lines):
     """Lines whose every spelling has a proper prefix with a lower id."""
     ids = {s: i for i, spellings in enumerate(lines) for s in spellings}
@@ -150,7 +159,8 @@ def measure(vocab_file, emoji_file, text):
     seconds = time.perf_counter() - start
     return {"tokens": len(ids), "chars_per_token": len(text) / max(1, len(ids)),
             "byte_share": byte_fallback_characters(ids, lines) / max(1, len(text)),
-            "variants": variant_spellings(lines), "dead": dead_lines(lines),
+            "variants": variant_spellings(lines), "sequences": sequence_spellings(lines),
+            "dead": dead_lines(lines),
             "lines": len(lines), "encoder": name, "seconds": seconds}
 
 
@@ -182,6 +192,8 @@ def compare(quick):
         row("held-out characters encoded as bytes", 100 * ours["byte_share"],
             100 * released["byte_share"], "%"),
         row("variant spellings", ours["variants"], released["variants"], "spellings"),
+        row("... of them with a variation selector", ours["sequences"], released["sequences"],
+            "spellings"),
         row("dead lines (shadowed by a lower-id prefix)", ours["dead"], released["dead"], "lines"),
         row("held-out tokens", ours["tokens"], released["tokens"], "tokens"),
     ]

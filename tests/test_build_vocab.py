@@ -1,4 +1,5 @@
-"""tools/build_vocab.py: a tiny corpus, a tiny fake unicode-data folder and KANJIDIC2.
+"""tools/build_vocab.py: a tiny corpus, a tiny fake unicode-data folder, KANJIDIC2 and a
+hand-made font that lists variation sequences.
 
 Expected values come from the issue (tail layout, folding examples) and from
 the encoder's rule (lowest id among the 1-3 character prefixes), not from
@@ -7,6 +8,7 @@ recorded output. The committed ja-swe36k.txt / emoji.json are checked too.
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -106,6 +108,63 @@ KANJIDIC2 = """\
 <dic_number><dic_ref dr_type="nelson_c">2206</dic_ref></dic_number></character>
 </kanjidic2>
 """
+# StandardizedVariants.txt: a CJK compatibility ideograph's sequence (蘭 + VS1 is the
+# glyph of U+F91F) and a non-ideograph one, which is not a variant spelling.
+STANDARDIZED_VARIANTS = """\
+0030 FE00; short diagonal stroke form; # DIGIT ZERO
+862D FE00; CJK COMPATIBILITY IDEOGRAPH-F91F; # CJK UNIFIED IDEOGRAPH-862D
+"""
+VS1, IVS1, IVS2, IVS3 = "\ufe00", "\U000e0100", "\U000e0101", "\U000e0102"
+
+
+def cmap14(default, non_default):
+    """An OpenType cmap format 14 subtable, laid out by the OpenType specification:
+    default = {selector: [(first code point, additional count)]},
+    non_default = {selector: [(code point, glyph id)]}."""
+    selectors = sorted(set(default) | set(non_default))
+    header = 10 + 11 * len(selectors)
+    records = body = b""
+    for selector in selectors:
+        offsets = []
+        for table, pack in ((default, lambda r: r[0].to_bytes(3, "big") + bytes([r[1]])),
+                            (non_default, lambda r: r[0].to_bytes(3, "big")
+                             + struct.pack(">H", r[1]))):
+            if selector not in table:
+                offsets.append(0)
+                continue
+            offsets.append(header + len(body))
+            body += struct.pack(">I", len(table[selector])) + b"".join(map(pack,
+                                                                          table[selector]))
+        records += selector.to_bytes(3, "big") + struct.pack(">II", *offsets)
+    return struct.pack(">HII", 14, header + len(body), len(selectors)) + records + body
+
+
+def font_file(subtables, collection=False):
+    """A font (or a collection, one face per subtable) whose only table is a cmap
+    holding one format 14 subtable."""
+    cmaps = [struct.pack(">HHHHI", 0, 1, 0, 5, 12) + sub for sub in subtables]
+    head = 12 + 4 * len(cmaps) if collection else 0
+    at = head + 28 * len(cmaps)  # a 12-byte directory header and one 16-byte record
+    directories = tables = b""
+    for cmap in cmaps:
+        directories += struct.pack(">IHHHH4sIII", 0x10000, 1, 16, 0, 0, b"cmap", 0, at,
+                                   len(cmap))
+        tables += cmap
+        at += len(cmap)
+    prefix = b""
+    if collection:
+        prefix = b"ttcf" + struct.pack(">II", 0x10000, len(cmaps)) + b"".join(
+            struct.pack(">I", head + 28 * i) for i in range(len(cmaps)))
+    return prefix + directories + tables
+
+
+# 設 has VS17 by range (default UVS) and 定 VS18 by glyph; 學 (a variant of 学) VS19;
+# "a" (and "b", by the range) and a selector outside the variation selector blocks are
+# read but never become spellings.
+FONT_SEQUENCES = cmap14({0xE0100: [(ord("設"), 0), (ord("a"), 1)]},
+                        {0xE0101: [(ord("定"), 7)], 0xE0102: [(ord("學"), 9)],
+                         0x41: [(ord("定"), 3)]})
+EXPECTED_FONT_SEQUENCES = {("設", IVS1), ("定", IVS2), ("學", IVS3), ("a", IVS1), ("b", IVS1)}
 # One fully-qualified emoji per class, a ZWJ sequence and an unqualified line.
 EMOJI_TEST = """\
 # group: Smileys & Emotion
@@ -180,7 +239,10 @@ def fake_unicode_dir(tmp_path_factory):
     write(os.path.join(root, "Unihan_IRGSources.txt"), UNIHAN_IRG)
     write(os.path.join(root, "EquivalentUnifiedIdeograph.txt"), RADICALS)
     write(os.path.join(root, "emoji", "emoji-test.txt"), EMOJI_TEST)
+    write(os.path.join(root, "StandardizedVariants.txt"), STANDARDIZED_VARIANTS)
     write(os.path.join(root, "kanjidic2.xml"), KANJIDIC2)  # passed with --kanjidic
+    with open(os.path.join(root, "ivs.ttf"), "wb") as f:  # passed with --ivs_fonts
+        f.write(font_file([FONT_SEQUENCES]))
     return root
 
 
@@ -197,12 +259,13 @@ def run_tool(*args):
                           text=True, timeout=300)
 
 
-def tool_args(corpus_dir, unicode_dir, out_dir, size=SIZE, kanjidic=None):
-    """Arguments for a build; KANJIDIC2 defaults to the fake one in the fake unicode-data
-    folder (fake_unicode_dir), so no test needs Debian's kanjidic-xml."""
+def tool_args(corpus_dir, unicode_dir, out_dir, size=SIZE, kanjidic=None, fonts=None):
+    """Arguments for a build; KANJIDIC2 and the font default to the fake ones in the fake
+    unicode-data folder (fake_unicode_dir), so no test needs Debian's kanjidic-xml or fonts."""
     kanjidic = kanjidic or os.path.join(unicode_dir, "kanjidic2.xml")
+    fonts = fonts or [os.path.join(unicode_dir, "ivs.ttf")]
     return ["--corpus", corpus_dir, "--exclude", "heldout", "--size", str(size),
-            "--unicode_dir", unicode_dir, "--kanjidic", kanjidic,
+            "--unicode_dir", unicode_dir, "--kanjidic", kanjidic, "--ivs_fonts"] + fonts + [
             "--output", os.path.join(out_dir, "vocab.txt"),
             "--emoji_output", os.path.join(out_dir, "emoji.json")]
 
@@ -320,6 +383,66 @@ def test_kanjidic_variants(built):
     assert "棹" not in spellings_of(text)[ids["卓"]], \
         "a variant of 卓 does not bring 棹, a base character linked to it"
     assert canonical(text, "剝") == "剥", "kJoyoKanji pointer; the accepted form stays canonical"
+
+
+def test_variation_sequences_are_spellings_of_their_character(built):
+    text = built[2]
+    ids = line_of_spelling(text)
+    assert canonical(text, "設" + IVS1) == "設", "a default-UVS range of the font"
+    assert canonical(text, "定" + IVS2) == "定", "a non-default UVS of the font"
+    assert canonical(text, "學" + IVS3) == "学", "a sequence on a variant joins its line"
+    assert canonical(text, "\u862d" + VS1) == "\u862d", "StandardizedVariants.txt"
+    for absent in ("a" + IVS1, "0" + VS1, "定A"):
+        assert absent not in ids, "only ideographs and variation selectors: %r" % absent
+    # A 2-character unit lists each spelling with one sequence (3 code points at most).
+    assert ids["設" + IVS1 + "定"] == ids["設定" + IVS2] == ids["設定"]
+    assert "設" + IVS1 + "定" + IVS2 not in ids
+
+
+def test_encoder_reads_a_variation_sequence_as_its_character(built):
+    encode_swe = pytest.importorskip("encode_swe", reason="encode_swe.py (Part 1) not importable")
+    encoder = encode_swe.SWEEncoder(built[0], built[1])
+    ids = line_of_spelling(built[2])
+    with_sequences = "設" + IVS1 + "定ファイル。學" + IVS3
+    assert encoder.encode(with_sequences) == encoder.encode("設定ファイル。学")
+    assert encoder.encode(with_sequences)[0] == ids["設定"]
+    assert encoder.decode(encoder.encode(with_sequences)) == "設定ファイル。学"
+
+
+def test_font_sequences_of_a_font_and_a_collection(tmp_path):
+    single = tmp_path / "one.ttf"
+    single.write_bytes(font_file([FONT_SEQUENCES]))
+    expected = EXPECTED_FONT_SEQUENCES  # ("定", "A"): not a variation selector
+    assert build_vocab.font_sequences(str(single)) == expected
+    other = cmap14({0xFE00: [(ord("蘭"), 0)]}, {})
+    collection = tmp_path / "two.ttc"
+    collection.write_bytes(font_file([FONT_SEQUENCES, other], collection=True))
+    assert build_vocab.font_sequences(str(collection)) == expected | {("蘭", VS1)}
+
+
+def test_font_problems_are_one_line_errors(corpus_dir, fake_unicode_dir, tmp_path):
+    garbage = tmp_path / "garbage.ttf"
+    garbage.write_bytes(b"\x00\x01\x00\x00\x00\x05" + b"\xff" * 30)
+    for font, message in ((str(tmp_path / "absent.ttc"), "apt-get install fonts-noto-cjk"),
+                          (str(garbage), "not an OpenType font")):
+        result = run_tool(*tool_args(corpus_dir, fake_unicode_dir, str(tmp_path), fonts=[font]))
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr and font in result.stderr
+        assert not (tmp_path / "vocab.txt").exists()
+
+
+def test_real_fonts_list_japanese_variation_sequences():
+    missing = [p for p in build_vocab.IVS_FONT_PATHS if not os.path.isfile(p)]
+    if missing:
+        pytest.skip("Debian fonts-noto-cjk / fonts-ipamj-mincho not installed (%s absent; "
+                    "apt-get install fonts-noto-cjk fonts-ipamj-mincho)" % missing[0])
+    adobe, moji_joho = [build_vocab.font_sequences(p) for p in build_vocab.IVS_FONT_PATHS]
+    # The IVD registers about 14,700 Adobe-Japan1 and 11,400 Moji_Joho sequences; 葛 has
+    # variants in both collections.
+    assert len(adobe) > 14000 and len(moji_joho) > 11000
+    assert ("葛", IVS1) in adobe and ("葛", IVS2) in adobe
+    assert sum(1 for base, _ in moji_joho if base == "葛") >= 2
 
 
 def test_kanjidic_links_from_the_fixture(fake_unicode_dir):
@@ -487,6 +610,9 @@ def test_committed_files_rebuild_byte_for_byte(tmp_path):
         pytest.skip("Debian unicode-data is not installed (apt-get install unicode-data)")
     if not os.path.isfile(build_vocab.KANJIDIC_PATH):
         pytest.skip("Debian kanjidic-xml is not installed (apt-get install kanjidic-xml)")
+    if not all(os.path.isfile(p) for p in build_vocab.IVS_FONT_PATHS):
+        pytest.skip("Debian fonts-noto-cjk / fonts-ipamj-mincho are not installed "
+                    "(apt-get install fonts-noto-cjk fonts-ipamj-mincho)")
     result = run_tool("--corpus", corpus, "--exclude", "debian-reference-ja", "--size", "36000",
                       "--output", str(tmp_path / "v.txt"),
                       "--emoji_output", str(tmp_path / "e.json"))

@@ -2,7 +2,8 @@
 """Build this project's own SWE vocabulary (ja-swe36k.txt) and emoji table (emoji.json).
 
 The committed files are rebuilt byte for byte (Python 3.11, Debian 12
-`unicode-data` 15.0.0-1 and `kanjidic-xml` 2022.08.23) by
+`unicode-data` 15.0.0-1, `kanjidic-xml` 2022.08.23, `fonts-noto-cjk`
+1:20220127+repack1-1 and `fonts-ipamj-mincho` 005.01-2.1) by
 
     python tools/build_vocab.py --corpus ../shared/corpus/ja-docs-train \\
         --exclude debian-reference-ja --size 36000 \\
@@ -60,6 +61,12 @@ Variant spellings (異体字) share their canonical character's line:
     the data: Unihan links some Chinese mergers the same way as kyūjitai (瀋
     joins 沈; 椎/槌 are direct semantic variants) and neither source has the large
     itaiji tables of the released vocabulary (日 with 𡆠 囸 曰 ...);
+  * variation sequences: an ideograph followed by a variation selector (葛 + U+E0100),
+    a registered glyph variant of that character, is a spelling of its line, for
+    the character and each of its variants (學 + VS on 学's line). Registered
+    sequences: the CJK compatibility lines of StandardizedVariants.txt and the
+    format 14 cmap subtables of --ivs_fonts (Adobe-Japan1 in Noto CJK, Moji_Joho in
+    IPAmj Mincho); selectors U+FE00-FE0F and U+E0100-E01EF on ideographs only;
   * ゐ ゑ ヰ ヱ -> い え イ エ; half-width katakana and punctuation -> full width
     (NFKC; ﾞ ﾟ -> ゛ ゜); kana + sound mark (spacing or combining) -> the
     composed kana (か゛ -> が, ｶﾞ -> ガ);
@@ -69,7 +76,9 @@ Variant spellings (異体字) share their canonical character's line:
 A unit lists the product of its characters' glyph variants (ideograph groups and
 historical kana; 慶應 on the 慶応 line), fewest substitutions first, at most
 MAX_SPELLINGS_PER_UNIT, plus its all-half-width spelling when every character
-has one (ﾌｧｲ; never the mixed ファｲ).
+has one (ﾌｧｲ; never the mixed ファｲ), then for a 2-character unit each of those
+products with one variation sequence (日 + U+E0100 + 本; three code points, the
+most the encoder looks at).
 
 Units (2-3 characters) and ids. The encoder looks at the 1-, 2- and
 3-character prefixes of the text at each position and takes the LOWEST id, so
@@ -107,6 +116,7 @@ import itertools
 import json
 import os
 import re
+import struct
 import sys
 import tempfile
 import unicodedata
@@ -137,6 +147,15 @@ MAX_SPELLINGS_PER_UNIT = 64
 INSTALL_HINT = "install it with `apt-get install unicode-data` or pass --unicode_dir"
 KANJIDIC_PATH = "/usr/share/edict/kanjidic2.xml.gz"  # Debian package kanjidic-xml
 KANJIDIC_HINT = "install it with `apt-get install kanjidic-xml` or pass --kanjidic"
+# Fonts whose cmap lists registered ideographic variation sequences (IVD): Adobe-Japan1
+# (Debian fonts-noto-cjk) and Moji_Joho, the Japanese government's itaiji set
+# (fonts-ipamj-mincho).
+IVS_FONT_PATHS = ("/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+                  "/usr/share/fonts/truetype/ipamj/ipamjm.ttf")
+IVS_FONT_HINT = ("install them with `apt-get install fonts-noto-cjk fonts-ipamj-mincho` or "
+                 "pass --ivs_fonts")
+SEQUENCES_FILE = "StandardizedVariants.txt"
+SELECTOR_RANGES = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
 
 # The encoder rewrites these before matching, so an entry for them would never be used.
 REWRITTEN_BY_ENCODER = frozenset(" \u3000\t\r\n\u2014\u2212")
@@ -238,20 +257,24 @@ def unihan_records(lines, fields):
 class UnicodeData:
     """The parts of Unihan, emoji-test.txt and KANJIDIC2 the builder uses."""
 
-    def __init__(self, joyo, links, emoji, joyo_accepted=()):
+    def __init__(self, joyo, links, emoji, joyo_accepted=(), sequences=()):
         self.joyo = frozenset(joyo)
         self.joyo_accepted = frozenset(joyo_accepted)  # 剥: the Joyo table allows it for 剝
         self.links = sorted(set(links))   # (link kind, a, b), strongest kind first
         self.emoji = emoji                # [(sequence, group, subgroup)] in file order
+        self.sequences = sorted(set(sequences))  # (ideograph, variation selector)
 
     @classmethod
-    def load(cls, unicode_dir, kanjidic_path=None):
+    def load(cls, unicode_dir, kanjidic_path=None, ivs_fonts=()):
         paths = [unicode_data_path(unicode_dir, name) for name in UNIHAN_FILES]
         emoji_path = unicode_data_path(os.path.join(unicode_dir, "emoji"), "emoji-test.txt") \
             if os.path.isdir(os.path.join(unicode_dir, "emoji")) \
             else unicode_data_path(unicode_dir, "emoji-test.txt")
         if kanjidic_path is not None and not os.path.isfile(kanjidic_path):
             cli.fail("KANJIDIC2 file %s not found; %s" % (kanjidic_path, KANJIDIC_HINT))
+        for path in ivs_fonts:
+            if not os.path.isfile(path):
+                cli.fail("font %s not found; %s" % (path, IVS_FONT_HINT))
         joyo, accepted, links = set(), set(), []
         fields = set(UNIHAN_LINK_FIELDS) | {"kJoyoKanji", "kJinmeiyoKanji"}
         for path in paths:
@@ -274,7 +297,12 @@ class UnicodeData:
         links += radical_links(read_text_lines(unicode_data_path(unicode_dir, RADICALS_FILE)))
         if kanjidic_path is not None:
             links += kanjidic_links(kanjidic_path)
-        return cls(joyo, links, parse_emoji_test(read_text_lines(emoji_path)), accepted)
+        sequences = standardized_sequences(
+            read_text_lines(unicode_data_path(unicode_dir, SEQUENCES_FILE)))
+        for path in ivs_fonts:
+            sequences |= font_sequences(path)
+        return cls(joyo, links, parse_emoji_test(read_text_lines(emoji_path)), accepted,
+                   {(base, selector) for base, selector in sequences if is_ideograph(base)})
 
 
 def jis_character(standard, kuten):
@@ -353,6 +381,96 @@ def radical_links(lines):
             links += [(LINK_COMPATIBILITY, chr(c), target)
                       for c in range(int(first, 16), int(last or first, 16) + 1)]
     return links
+
+
+def is_ideograph(char):
+    return unicodedata.name(char, "").startswith(("CJK UNIFIED IDEOGRAPH-",
+                                                   "CJK COMPATIBILITY IDEOGRAPH-"))
+
+
+def standardized_sequences(lines):
+    """(base, selector) of StandardizedVariants.txt's CJK compatibility ideograph lines
+    ("8279 FE00; CJK COMPATIBILITY IDEOGRAPH-F91F; # ..."): 艹+VS1 is the glyph of
+    U+F91F, which NFKC folds onto 艹, so the sequence is a spelling of 艹's line."""
+    found = set()
+    for line in lines:
+        fields = line.split("#")[0].split(";")
+        codes = fields[0].split()
+        if len(fields) >= 2 and len(codes) == 2 and "CJK COMPATIBILITY IDEOGRAPH" in fields[1]:
+            found.add((chr(int(codes[0], 16)), chr(int(codes[1], 16))))
+    return found
+
+
+def font_sequences(path):
+    """(base, selector) of every variation sequence in the format 14 cmap subtables of an
+    OpenType font or collection (.ttf, .otf, .ttc), every face.
+
+    A Japanese font registers the ideographic variation sequences of its IVD collection
+    there (葛 + U+E0100 ...): glyph variants of one character, so each is a spelling of
+    that character's line. Only the sequence list is read, not the glyphs.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        found = set()
+        for face in font_faces(data):
+            cmap = font_table(data, face, b"cmap")
+            if cmap is None:
+                continue
+            for offset in read_struct(data, cmap + 4, ">" + "4xI" * read_struct(
+                    data, cmap + 2, ">H")[0]):
+                if read_struct(data, cmap + offset, ">H")[0] == 14:
+                    found |= cmap14_sequences(data, cmap + offset)
+        return found
+    except OSError as e:
+        cli.fail("cannot read font %s (%s); %s" % (path, e.strerror or e, IVS_FONT_HINT))
+    except (struct.error, ValueError, IndexError):
+        cli.fail("%s is not an OpenType font with a readable cmap; %s" % (path, IVS_FONT_HINT))
+
+
+def read_struct(data, offset, layout):
+    if offset < 0 or offset + struct.calcsize(layout) > len(data):
+        raise ValueError("offset %d past the end" % offset)
+    return struct.unpack_from(layout, data, offset)
+
+
+def font_faces(data):
+    """Offsets of the table directories: one for a font, one per face for a collection."""
+    if data[:4] == b"ttcf":
+        count = read_struct(data, 8, ">I")[0]
+        return read_struct(data, 12, ">%dI" % count)
+    return (0,)
+
+
+def font_table(data, face, tag):
+    for i in range(read_struct(data, face + 4, ">H")[0]):
+        name, _, offset, _ = read_struct(data, face + 12 + 16 * i, ">4sIII")
+        if name == tag:
+            return offset
+    return None
+
+
+def uint24(data, offset):
+    return int.from_bytes(read_struct(data, offset, "3s")[0], "big")
+
+
+def cmap14_sequences(data, table):
+    """(base, selector) pairs of one cmap format 14 subtable: per selector a default-UVS
+    list of code point ranges and a non-default-UVS list of code points."""
+    found = set()
+    for record in range(read_struct(data, table + 6, ">I")[0]):
+        at = table + 10 + 11 * record
+        selector = chr(uint24(data, at))
+        default, non_default = read_struct(data, at + 3, ">II")
+        if default:
+            for i in range(read_struct(data, table + default, ">I")[0]):
+                start = uint24(data, table + default + 4 + 4 * i)
+                extra = read_struct(data, table + default + 7 + 4 * i, "B")[0]
+                found.update((chr(c), selector) for c in range(start, start + extra + 1))
+        if non_default:
+            for i in range(read_struct(data, table + non_default, ">I")[0]):
+                found.add((chr(uint24(data, table + non_default + 4 + 5 * i)), selector))
+    return {(base, selector) for base, selector in found if in_ranges(selector, SELECTOR_RANGES)}
 
 
 def parse_emoji_test(lines):
@@ -568,11 +686,13 @@ class Folding:
 
     glyph_variants: canonical char -> 1-character variants (Unihan, ゐ), also used in units;
     half_width: canonical char -> its half-width spelling (ｶ, ｶﾞ);
-    extra_spellings: line -> further spellings (enclosed forms, か゛, か + U+3099).
+    extra_spellings: line -> further spellings (enclosed forms, か゛, か + U+3099, 葛 + VS);
+    selectors: ideograph -> the variation selectors registered for it (葛: U+E0100 ...).
     """
 
-    def __init__(self, glyph_variants, half_width, extra_spellings, tiers):
+    def __init__(self, glyph_variants, half_width, extra_spellings, tiers, selectors=None):
         self.glyph_variants = glyph_variants
+        self.selectors = selectors or {}
         self.half_width = half_width
         self.extra_spellings = extra_spellings
         self.tiers = tiers
@@ -657,8 +777,16 @@ def build_folding(tiers, unicode_data, char_counts, emoji_keys):
         elif kind == FOLD_ENCLOSED and target != ",":
             extra_spellings[target].append(char)
     add_kana_with_sound_marks(glyph_variants, half_width, extra_spellings)
+    selectors = collections.defaultdict(list)
+    for base, selector in unicode_data.sequences:
+        if base in line_of and valid_spelling(base + selector, emoji_keys):
+            selectors[base].append(selector)
+    for line in sorted(glyph_variants):
+        extra_spellings[line] += [s + v for s in [line] + sorted(glyph_variants[line])
+                                  for v in selectors.get(s, ())]
     return Folding({c: sorted(v) for c, v in glyph_variants.items()}, half_width,
-                   {line: sorted(set(s)) for line, s in extra_spellings.items()}, tiers)
+                   {line: sorted(set(s)) for line, s in extra_spellings.items()}, tiers,
+                   dict(selectors))
 
 
 def add_kana_with_sound_marks(lines, half_width, extra_spellings):
@@ -945,7 +1073,9 @@ def order_lines(lines, weight, spellings_of, spelling_line):
 
 def unit_spellings(unit, folding):
     """The unit, products of its characters' glyph variants (fewest changes first), its
-    all-half-width spelling (when every character has one) and enclosed forms."""
+    all-half-width spelling (when every character has one), then for a 2-character unit
+    each product with one variation sequence (日 + VS + 本: three code points, the most
+    the encoder looks at), and enclosed forms."""
     options = [[c] + folding.glyph_variants.get(c, []) for c in unit]
     products = sorted(itertools.product(*[range(len(o)) for o in options]),
                       key=lambda p: (sum(1 for i in p if i), p))
@@ -953,6 +1083,10 @@ def unit_spellings(unit, folding):
     half = "".join(folding.half_width.get(c, "\0") for c in unit)
     if "\0" not in half and len(half) <= MAX_UNIT_LENGTH:
         spellings.append(half)
+    if len(unit) == 2:
+        selectors = folding.selectors
+        spellings += [s[:k + 1] + v + s[k + 1:] for s in spellings[:len(products)]
+                      for k in range(2) for v in selectors.get(s[k], ())]
     return spellings[:MAX_SPELLINGS_PER_UNIT] + folding.extra_spellings.get(unit, [])
 
 
@@ -1117,6 +1251,11 @@ def build_parser():
     parser.add_argument("--kanjidic", default=KANJIDIC_PATH, metavar="PATH",
                         help="KANJIDIC2 XML, plain or .gz, for Japanese variant kanji "
                              "(Debian kanjidic-xml; default %(default)s)")
+    parser.add_argument("--ivs_fonts", nargs="*", default=list(IVS_FONT_PATHS), metavar="FONT",
+                        help="OpenType fonts (.ttf/.otf/.ttc) whose registered ideographic "
+                             "variation sequences (葛 + U+E0100) become spellings of their "
+                             "character; none to leave them out (Debian fonts-noto-cjk and "
+                             "fonts-ipamj-mincho; default: %(default)s)")
     parser.add_argument("--kanji_unit_share", type=float, default=KANJI_UNIT_SHARE,
                         metavar="SHARE",
                         help="share of the unit ids (2-3 character lines) reserved for the "
@@ -1137,7 +1276,7 @@ def main(args):
             cli.fail("output folder does not exist: %s" % os.path.dirname(os.path.abspath(path)))
     if not 0 <= args.kanji_unit_share <= 1:
         cli.fail("--kanji_unit_share must be between 0 and 1, not %s" % args.kanji_unit_share)
-    unicode_data = UnicodeData.load(args.unicode_dir, args.kanjidic)
+    unicode_data = UnicodeData.load(args.unicode_dir, args.kanjidic, args.ivs_fonts)
     check_size(args.size, folding_without_corpus(unicode_data))  # before the slow part
     texts = read_corpus(corpus_files(args.corpus, args.exclude), tqdm)
     lines, emoji_table = build_vocabulary(texts, args.size, unicode_data, tqdm,
