@@ -638,6 +638,14 @@ def test_reference_encoder_matches_released_golden_cases():
         assert encoder.encode(case["text"]) == case["ids"], case["text"]
 
 
+def test_variation_sequence_spellings_are_counted():
+    from bench.vocab_compare import sequence_spellings, variant_spellings
+    lines = [["日", "日" + IVS1, "⽇"], ["日本", "日" + VS1 + "本", "日本" + IVS2], ["☺", "☺\ufe0f"],
+             ["\U000e0100"]]  # a canonical spelling is not a variant
+    assert variant_spellings(lines) == 5
+    assert sequence_spellings(lines) == 4
+
+
 def test_dead_lines_and_byte_fallback_counts():
     from bench.vocab_compare import byte_fallback_characters, dead_lines
     lines = [["ab"], ["a"], ["b"], ["abc"], ["c", "x"], ["cx"]] + [[t] for t in EXPECTED_TAIL]
