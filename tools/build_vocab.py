@@ -255,7 +255,8 @@ def unihan_records(lines, fields):
 
 
 class UnicodeData:
-    """The parts of Unihan, emoji-test.txt and KANJIDIC2 the builder uses."""
+    """The parts of Unihan, emoji-test.txt, KANJIDIC2 and the registered variation
+    sequences (StandardizedVariants.txt, font cmaps) the builder uses."""
 
     def __init__(self, joyo, links, emoji, joyo_accepted=(), sequences=()):
         self.joyo = frozenset(joyo)
@@ -390,8 +391,8 @@ def is_ideograph(char):
 
 def standardized_sequences(lines):
     """(base, selector) of StandardizedVariants.txt's CJK compatibility ideograph lines
-    ("8279 FE00; CJK COMPATIBILITY IDEOGRAPH-F91F; # ..."): 艹+VS1 is the glyph of
-    U+F91F, which NFKC folds onto 艹, so the sequence is a spelling of 艹's line."""
+    ("862D FE00; CJK COMPATIBILITY IDEOGRAPH-F91F;"): 蘭 + VS1 is the glyph of U+F91F,
+    which NFKC folds onto 蘭, so the sequence is a spelling of 蘭's line."""
     found = set()
     for line in lines:
         fields = line.split("#")[0].split(";")
