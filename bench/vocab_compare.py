@@ -129,12 +129,10 @@ def variant_spellings(lines):
     return sum(len(spellings) - 1 for spellings in lines)
 
 
-def is_selector(char):
-    return "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef"
-
-
 def sequence_spellings(lines):
-    return sum(1 for spellings in lines for s in spellings[1:] if any(map(is_selector, s)))
+    from tools.build_vocab import SELECTOR_RANGES, in_ranges
+    return sum(1 for spellings in lines for s in spellings[1:]
+               if any(in_ranges(c, SELECTOR_RANGES) for c in s))
 
 
 def dead_lines(lines):

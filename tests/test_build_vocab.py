@@ -432,11 +432,15 @@ def test_font_problems_are_one_line_errors(corpus_dir, fake_unicode_dir, tmp_pat
         assert not (tmp_path / "vocab.txt").exists()
 
 
-def test_real_fonts_list_japanese_variation_sequences():
+def require_debian_fonts():
     missing = [p for p in build_vocab.IVS_FONT_PATHS if not os.path.isfile(p)]
     if missing:
         pytest.skip("Debian fonts-noto-cjk / fonts-ipamj-mincho not installed (%s absent; "
                     "apt-get install fonts-noto-cjk fonts-ipamj-mincho)" % missing[0])
+
+
+def test_real_fonts_list_japanese_variation_sequences():
+    require_debian_fonts()
     adobe, moji_joho = [build_vocab.font_sequences(p) for p in build_vocab.IVS_FONT_PATHS]
     # The IVD registers about 14,700 Adobe-Japan1 and 11,400 Moji_Joho sequences; 葛 has
     # variants in both collections.
@@ -610,9 +614,7 @@ def test_committed_files_rebuild_byte_for_byte(tmp_path):
         pytest.skip("Debian unicode-data is not installed (apt-get install unicode-data)")
     if not os.path.isfile(build_vocab.KANJIDIC_PATH):
         pytest.skip("Debian kanjidic-xml is not installed (apt-get install kanjidic-xml)")
-    if not all(os.path.isfile(p) for p in build_vocab.IVS_FONT_PATHS):
-        pytest.skip("Debian fonts-noto-cjk / fonts-ipamj-mincho are not installed "
-                    "(apt-get install fonts-noto-cjk fonts-ipamj-mincho)")
+    require_debian_fonts()
     result = run_tool("--corpus", corpus, "--exclude", "debian-reference-ja", "--size", "36000",
                       "--output", str(tmp_path / "v.txt"),
                       "--emoji_output", str(tmp_path / "e.json"))
