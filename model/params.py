@@ -1,7 +1,10 @@
 """parameters.json: {"train_params": {...}, "model_params": {...}}.
 
 Key names follow the released GPTSAN models (including the spelling
-`num_pallarelizm`), so a released model directory loads unchanged.
+`num_pallarelizm`), so a released model directory loads unchanged. The released
+training script also writes `model_params.train_mode` ("lm" or "hybrid"), and other
+tools may add keys of their own: every key this project does not use is accepted and
+kept as it is when the file is written back.
 """
 import json
 import os
@@ -10,7 +13,9 @@ from model.atomic import write_json_atomic
 
 MODEL_KEYS = ("num_contexts", "num_switch_layers", "num_ext_layers", "num_hidden",
               "num_header", "num_experts", "num_vocabulary", "num_pallarelizm")
-OPTIONAL_MODEL_KEYS = ("num_spout",)
+OPTIONAL_MODEL_KEYS = ("num_spout", "train_mode")
+# "mlm" records also have a bidirectional prefix, so such a model fills masks like "hybrid".
+TRAIN_MODES = ("lm", "hybrid", "mlm")
 TRAIN_KEYS = ("output_dir", "batch_size", "base_lr", "num_warmup_steps",
               "max_to_keep_save", "checkpoint_per_hours", "checkpoint_per_steps")
 
@@ -22,15 +27,12 @@ class ParameterError(ValueError):
     """parameters.json is malformed; the message names the key and the file."""
 
 
-def _check_section(section, values, required, optional, where):
+def _check_section(section, values, required, where):
     if not isinstance(values, dict):
         raise ParameterError("%s: '%s' must be an object" % (where, section))
     missing = [k for k in required if k not in values]
     if missing:
         raise ParameterError("%s: %s is missing key '%s'" % (where, section, missing[0]))
-    unknown = [k for k in values if k not in required and k not in optional]
-    if unknown:
-        raise ParameterError("%s: %s has unknown key '%s'" % (where, section, unknown[0]))
 
 
 def _check_number(key, value, where, integer=True):
@@ -46,14 +48,17 @@ def validate(params, where="parameters.json"):
     """Check a parameters dict; return it with optional keys filled in."""
     if not isinstance(params, dict):
         raise ParameterError("%s: top level must be an object" % where)
-    _check_section("top level", params, ("train_params", "model_params"), (), where)
+    _check_section("top level", params, ("train_params", "model_params"), where)
     model = params["model_params"]
-    _check_section("model_params", model, MODEL_KEYS, OPTIONAL_MODEL_KEYS, where)
+    _check_section("model_params", model, MODEL_KEYS, where)
     train = params["train_params"]
-    _check_section("train_params", train, TRAIN_KEYS, (), where)
-    for key in MODEL_KEYS + OPTIONAL_MODEL_KEYS:
+    _check_section("train_params", train, TRAIN_KEYS, where)
+    for key in MODEL_KEYS + ("num_spout",):
         if key in model:
             _check_number(key, model[key], where)
+    if "train_mode" in model and model["train_mode"] not in TRAIN_MODES:
+        raise ParameterError("%s: 'train_mode' must be one of %s, got %r"
+                             % (where, ", ".join(TRAIN_MODES), model["train_mode"]))
     if model["num_hidden"] % model["num_header"]:
         raise ParameterError("%s: 'num_hidden' (%d) must be divisible by 'num_header' (%d)"
                              % (where, model["num_hidden"], model["num_header"]))
@@ -87,6 +92,15 @@ def save(params, path):
         path = os.path.join(path, "parameters.json")
     validate(params, path)
     write_json_atomic(params, path)
+
+
+def fills_masks(model_params):
+    """True when the model was trained with a bidirectional prefix ("hybrid" or "mlm").
+
+    A file without `train_mode` was written by this project before it recorded the
+    mode; this project has always trained hybrid records by default, so such a model
+    is taken to fill masks."""
+    return model_params.get("train_mode", "hybrid") in ("hybrid", "mlm")
 
 
 def num_layers(model_params):
