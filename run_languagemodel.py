@@ -4,20 +4,23 @@ Example:
   python run_languagemodel.py --model GPTSAN-2.8B-spout_is_uniform \
       --context "武田信玄は、[MASK]時代ファンならぜひ押さえておきたい名将の一人。"
 
-Every --mask string becomes one <|inputmask|>. The model input is
-[<|startoftext|>] + the context's tokens + [<|endoftext|>]; <|startoftext|> and
-every context token form the bidirectional prefix (num_precontext = 1 + the
-number of context tokens), so each position sees the whole context on both
-sides. The appended <|endoftext|> is the slot after the last token: causal
-attention lets it see everything while no context token sees it, and its
-hidden states are the default --pos_vector (-1).
+The input is [<|startoftext|>] + the context's tokens, as the released script
+builds it: in a model whose parameters.json says train_mode "hybrid" (or has no
+train_mode) every --mask string becomes one <|inputmask|> and every context
+token is bidirectional prefix (num_precontext = the number of context tokens;
+the last one is causal); in a train_mode "lm" model the mask string is plain
+text and nothing is prefix. No <|endoftext|> is appended. A text longer than
+the model's context is cut to its first num_contexts positions (a note says so).
 
-For context token k (input position i = k), the output token is the argmax of
-the logits at i when that token is <|inputmask|>, otherwise the token itself;
-its score is the logit at i of the input token at i + 1 (as the released
-script did; at a mask this is the logit of <|inputmask|>). The vector is the
-hidden state after every layer at --pos_vector, concatenated (layers x hidden
-values; 10,240 for GPTSAN-2.8B).
+For input position i, the output token is the argmax of the logits at i when
+the input token at i + 1 is <|inputmask|>, otherwise that token; its score is
+the raw logit at i of the input token at i + 1. The vector is the hidden state
+after every layer at --pos_vector (default -1: the last input position),
+concatenated (layers x hidden values; 10,240 for GPTSAN-2.8B).
+
+Expert capacity is the released model's (factor 2.0, at least 4 tokens per
+expert, per text): a token over an expert's capacity gets no expert output.
+--no_token_drop gives every token its expert.
 """
 import json
 import os
@@ -38,13 +41,17 @@ def build_parser():
     p.add_argument("--pos_vector", type=int, default=-1,
                    help="input position whose hidden states form the vector: 0 is "
                         "<|startoftext|>, k the k-th context token, negative counts from "
-                        "the end (-1: the <|endoftext|> slot after the last token)")
+                        "the end of the (possibly truncated) input (default -1: the last)")
+    p.add_argument("--no_token_drop", action="store_true",
+                   help="give every token its expert (the released model drops tokens over "
+                        "an expert's capacity; default: drop, as released)")
     p.add_argument("--output", default=None,
                    help="write the result as JSON (JSON lines with --input_file)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     p.add_argument("--input_file", default=None,
-                   help="one text per line; JSON lines {text, output_text, output_tokens, "
-                        "output_scores, output_vector} to --output or stdout")
+                   help="one text per line; JSON lines {output_text, output_tokens, "
+                        "output_scores, output_vector, input_text, input_tokens, "
+                        "output_spellings} to --output or stdout")
     p.add_argument("--batch_size", type=int, default=8, help="texts per batch for --input_file")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
@@ -66,37 +73,43 @@ def check_args(args):
 class Query:
     """One text as model input: ids, prefix size and the vector position."""
 
-    def __init__(self, text, enc, mask, pos_vector, num_contexts):
+    def __init__(self, text, enc, mask, pos_vector, num_contexts, fills_masks=True):
         self.text = text
-        self.tokens = []
-        for k, piece in enumerate(text.split(mask)):
+        tokens = []
+        pieces = text.split(mask) if fills_masks else [text]
+        for k, piece in enumerate(pieces):
             if k:
-                self.tokens.append(enc.inputmask)
-            self.tokens += enc.encode(piece)
-        self.ids = [enc.startoftext] + self.tokens + [enc.endoftext]
-        if len(self.ids) > num_contexts:
-            cli.fail("text is %d tokens; with <|startoftext|> and <|endoftext|> the model "
-                     "takes at most %d: %.40r" % (len(self.tokens), num_contexts - 2, text))
-        self.num_precontext = 1 + len(self.tokens)
+                tokens.append(enc.inputmask)
+            tokens += enc.encode(piece)
+        self.input_ids = [enc.startoftext] + tokens
+        self.truncated = len(self.input_ids) > num_contexts
+        self.ids = self.input_ids[:num_contexts]
+        # As released: every context token is prefix in a mask-filling model.
+        self.num_precontext = min(len(tokens), num_contexts) if fills_masks else 0
+        # Scored positions: each fed position with a next input token.
+        self.num_scores = min(len(self.input_ids) - 1, num_contexts)
         n = len(self.ids)
         self.pos_index = pos_vector + n if pos_vector < 0 else pos_vector
         if not 0 <= self.pos_index < n:
             cli.fail("--pos_vector %d is outside the input: %d positions (-%d..%d) for %d "
-                     "context tokens plus <|startoftext|> and <|endoftext|>"
-                     % (pos_vector, n, n, n - 1, len(self.tokens)))
+                     "context tokens plus <|startoftext|>" % (pos_vector, n, n, n - 1, n - 1))
 
 
 def fill(query, logits, vector, enc):
     """The result dict for one query from its logits [length, vocab]."""
-    from model import decoding
     out_ids, scores = [], []
-    for i, next_id in enumerate(query.tokens):
+    for i in range(query.num_scores):
+        next_id = query.input_ids[i + 1]
         out_ids.append(int(logits[i].argmax()) if next_id == enc.inputmask else next_id)
         scores.append(float(logits[i, next_id]))
-    return {"output_text": decoding.ids_to_text(out_ids, enc),
-            "output_tokens": [enc.id_to_token(i) for i in out_ids],
+    return {"output_text": enc.decode(out_ids),
+            "output_tokens": out_ids,
             "output_scores": scores,
-            "output_vector": [float(v) for v in vector]}
+            "output_vector": [float(v) for v in vector],
+            "input_text": query.text,
+            "input_tokens": query.input_ids,
+            # Extra key (not in the released output): the spelling of each output id.
+            "output_spellings": [enc.id_to_token(i) for i in out_ids]}
 
 
 class Model:
@@ -104,11 +117,14 @@ class Model:
 
     def __init__(self, args, model_params, batch_size, length):
         from model import runtime
+        # Token dropping depends on the sequence length, so with it every
+        # batch holds texts of one length only (see batches()).
         devices = runtime.Devices.local(model_params["num_pallarelizm"],
                                         mesh_shape=args.mesh_shape, cpu_devices=args.cpu_devices)
         self.batch_size, self.length = batch_size, length
         self.forward = runtime.Forward(model_params, batch_size, length, devices=devices,
-                                       with_pos_vector=True).restore(args.model)
+                                       with_pos_vector=True,
+                                       token_drop=not args.no_token_drop).restore(args.model)
 
     def run(self, queries, enc):
         import numpy as np
@@ -128,15 +144,36 @@ def print_result(result):
     print("{OUTPUT TEXTS}")
     print(result["output_text"])
     print("{OUTPUT TOKENS}")
-    print(json.dumps(result["output_tokens"], ensure_ascii=False))
+    print(json.dumps(result["output_tokens"]))
     print("{OUTPUT SCORES}")
-    print(json.dumps([round(s, 4) for s in result["output_scores"]]))
+    print(json.dumps(result["output_scores"]))
     print("{OUTPUT VECTOR SHAPE}")
     print("(%d,)" % len(result["output_vector"]))
 
 
+def notes(args, model_params, queries):
+    """One-line notes on stderr about what the released semantics did to the input."""
+    from model import params
+    if not params.fills_masks(model_params) and any(args.mask in q.text for q in queries):
+        print("note: this model's parameters.json says train_mode \"%s\": %r is read as "
+              "text and nothing is filled; train_mode \"hybrid\" enables mask filling"
+              % (model_params.get("train_mode"), args.mask), file=sys.stderr)
+    cut = sum(q.truncated for q in queries)
+    if cut:
+        print("note: %d text(s) longer than the model's %d positions were cut to the first "
+              "%d" % (cut, model_params["num_contexts"], model_params["num_contexts"]),
+              file=sys.stderr)
+
+
+def make_queries(args, model_params, enc, texts):
+    from model import params
+    return [Query(t, enc, args.mask, args.pos_vector, model_params["num_contexts"],
+                  params.fills_masks(model_params)) for t in texts]
+
+
 def analyse_one(args, model_params, enc):
-    query = Query(args.context, enc, args.mask, args.pos_vector, model_params["num_contexts"])
+    query = make_queries(args, model_params, enc, [args.context])[0]
+    notes(args, model_params, [query])
     result = Model(args, model_params, 1, len(query.ids)).run([query], enc)[0]
     print_result(result)
     if args.output:
@@ -152,16 +189,29 @@ def analyse_file(args, model_params, enc):
     if not texts:
         cli.fail("input file %s holds no texts" % args.input_file)
     C = model_params["num_contexts"]
-    queries = [Query(t, enc, args.mask, args.pos_vector, C) for t in texts]
+    queries = make_queries(args, model_params, enc, texts)
+    notes(args, model_params, queries)
     B = min(args.batch_size, len(queries))
-    model = Model(args, model_params, B, decoding.bucket(max(len(q.ids) for q in queries), C))
-    out = JsonLinesOutput(args.output)
+    results = [None] * len(queries)
+    if args.no_token_drop:
+        # Padding never changes a row's result when every token gets its expert.
+        groups = {decoding.bucket(max(len(q.ids) for q in queries), C): list(range(len(queries)))}
+    else:
+        # Expert capacity depends on the length: run each length at that length.
+        groups = {}
+        for k, q in enumerate(queries):
+            groups.setdefault(len(q.ids), []).append(k)
     with tqdm(total=len(queries), unit="text", file=sys.stderr, disable=args.no_progress) as bar:
-        for start in range(0, len(queries), B):
-            batch = queries[start:start + B]
-            for q, result in zip(batch, model.run(batch, enc)):
-                out.add(dict(text=q.text, **result))
-            bar.update(len(batch))
+        for length, members in sorted(groups.items()):
+            model = Model(args, model_params, min(B, len(members)), length)
+            for start in range(0, len(members), model.batch_size):
+                rows = members[start:start + model.batch_size]
+                for k, result in zip(rows, model.run([queries[k] for k in rows], enc)):
+                    results[k] = result
+                bar.update(len(rows))
+    out = JsonLinesOutput(args.output)
+    for result in results:
+        out.add(result)
     out.close()
     return 0
 

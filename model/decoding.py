@@ -89,7 +89,10 @@ class Decoder:
     def _build(self):
         mtf_graph, mesh = meshlib.new_mesh()
         cfg = network.Config(self.params, activation_dtype=self.activation_dtype,
-                             layout=meshlib.LAYOUT, mesh_shape=self.devices.shape)
+                             layout=meshlib.LAYOUT, mesh_shape=self.devices.shape,
+                             # Generation routes every token (see the README's
+                             # differences from the released scripts).
+                             no_token_drop=True)
         if self.activation_dtype != tf.float32:
             # Store the weights in the activation dtype too: that is what halves memory.
             cfg.variable_dtype = mtf.VariableDType(self.activation_dtype, self.activation_dtype,

@@ -53,8 +53,12 @@ class Config:
 
     def __init__(self, model_params, activation_dtype=tf.float32, layout=None,
                  mesh_shape=None, capacity_factor_train=1.25, aux_loss_coef=1e-2,
-                 router_jitter=1e-2, seed=0):
+                 router_jitter=1e-2, seed=0, no_token_drop=False):
         self.params = model_params
+        # False: the released expert capacity (factor 2.0 at inference, 1.25 in
+        # training, at least 4 per expert); a token over an expert's capacity gets
+        # no expert output. True: every token gets its expert (capacity = group).
+        self.no_token_drop = no_token_drop
         self.seed = seed
         self.dims = Dims(model_params)
         self.variable_dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
@@ -158,12 +162,23 @@ def attention(x, past, mask, cfg, name):
 
 def moe_hparams(cfg, group_size, train):
     """Switch (top-1) routing. One group per sequence keeps routing independent
-    of the mesh; at inference the capacity equals the group, so no token drops."""
+    of the mesh and of the other rows of a batch. With token dropping (the
+    released rule) each expert takes at most max(int(group * factor / experts), 4)
+    tokens of a group, earlier positions first; sequences over mesh-tensorflow's
+    default group of 1024 tokens are split into equal groups as it does.
+    Without it the capacity equals the group, so no token drops."""
     e = cfg.dims.num_experts
+    if cfg.no_token_drop:
+        factor_train = factor_eval = float(e)
+        min_capacity = 1
+    else:
+        factor_train, factor_eval = cfg.capacity_factor_train, 2.0
+        min_capacity = 4
+        group_size = min(group_size, 1024)
     return mtf_moe.HParams(
         moe_gating="switch", moe_num_experts=e, moe_hidden_size=8 * cfg.dims.hidden.size,
-        moe_group_size=group_size, moe_capacity_factor_train=cfg.capacity_factor_train,
-        moe_capacity_factor_eval=float(e), moe_min_expert_capacity=4 if train else 1,
+        moe_group_size=group_size, moe_capacity_factor_train=factor_train,
+        moe_capacity_factor_eval=factor_eval, moe_min_expert_capacity=min_capacity,
         moe_switch_policy_train="input_jitter", moe_switch_policy_eval="argmax",
         moe_switch_jitter=cfg.router_jitter, moe_loss_coef=cfg.aux_loss_coef,
         moe_dropout_rate=0.0, moe_word_embed_mode=None, moe_use_second_place_expert_prob=None,

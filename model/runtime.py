@@ -103,7 +103,8 @@ class Forward:
     """
 
     def __init__(self, model_params, batch_size, length, devices=None, with_spout=False,
-                 with_pos_vector=False, past_length=0, activation_dtype=tf.float32, seed=None):
+                 with_pos_vector=False, past_length=0, activation_dtype=tf.float32, seed=None,
+                 token_drop=False):
         self.params = model_params
         self.devices = devices or Devices.local(model_params["num_pallarelizm"])
         self.graph = tf.Graph()
@@ -113,7 +114,7 @@ class Forward:
             mtf_graph, mesh = meshlib.new_mesh()
             cfg = network.Config(model_params, activation_dtype=activation_dtype,
                                  layout=meshlib.LAYOUT, mesh_shape=self.devices.shape,
-                                 seed=seed or 0)
+                                 seed=seed or 0, no_token_drop=not token_drop)
             d = cfg.dims
             batch = mtf.Dimension("batch", batch_size)
             length_dim = mtf.Dimension("length", length)
