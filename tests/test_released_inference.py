@@ -1,0 +1,132 @@
+"""run_languagemodel against outputs recorded from the RELEASED scripts
+(../shared/reference/released/languagemodel.jsonl, see its README)."""
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from model import params as paramslib
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def released(shared_dir):
+    path = os.path.join(shared_dir, "reference", "released")
+    if not os.path.isfile(os.path.join(path, "languagemodel.jsonl")):
+        pytest.skip("released golden data not found: %s" % path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cases(released):
+    with open(os.path.join(released, "languagemodel.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(released, tmp_path_factory):
+    """train_mode -> a model directory: the released one ("lm") and a copy with
+    the hybrid parameters.json."""
+    hybrid = str(tmp_path_factory.mktemp("released_hybrid") / "model")
+    shutil.copytree(os.path.join(released, "model"), hybrid)
+    os.chmod(os.path.join(hybrid, "parameters.json"), 0o644)
+    shutil.copyfile(os.path.join(released, "model-hybrid.parameters.json"),
+                    os.path.join(hybrid, "parameters.json"))
+    return {"lm": os.path.join(released, "model"), "hybrid": hybrid}
+
+
+def run_cases(cases, model_dirs, train_mode, no_token_drop):
+    """Each case of train_mode through run_languagemodel's Query/Model, one graph per length."""
+    import run_languagemodel as rl
+    from model import decoding
+    mine = [c for c in cases if c["train_mode"] == train_mode]
+    model_dir = model_dirs[train_mode]
+    parser = rl.build_parser()
+    args = parser.parse_args(["--model", model_dir, "--context", "x"]
+                             + (["--no_token_drop"] if no_token_drop else []))
+    mp = decoding.load_model_params(model_dir)
+    enc = decoding.load_vocabulary(args.vocabulary, args.emoji, mp["num_vocabulary"])
+    queries = [rl.Query(c["context"], enc, c["mask"], c["pos_vector"], mp["num_contexts"],
+                        paramslib.fills_masks(mp)) for c in mine]
+    results = [None] * len(mine)
+    by_length = {}
+    for k, q in enumerate(queries):
+        by_length.setdefault(len(q.ids), []).append(k)
+    for length, rows in by_length.items():
+        model = rl.Model(args, mp, len(rows), length)
+        for k, r in zip(rows, model.run([queries[k] for k in rows], enc)):
+            results[k] = r
+    return mine, queries, results
+
+
+def compare(mine, queries, results, suffix):
+    checked = 0
+    for case, q, r in zip(mine, queries, results):
+        if case["rc"] == 0:
+            assert r["input_tokens"] == case["input_tokens"], case["context"]
+            assert r["input_text"] == case["input_text"]
+        else:
+            assert r["input_tokens"] == case["input_tokens_computed"]
+        if case["rc"] != 0 and not suffix:
+            continue  # the released script crashed: only the no-drop network values exist
+        assert r["output_tokens"] == case["output_tokens" + suffix], case["context"]
+        assert np.allclose(r["output_scores"], case["output_scores" + suffix], atol=TOL, rtol=0)
+        assert np.allclose(r["output_vector"], case["output_vector" + suffix], atol=TOL, rtol=0)
+        if case["rc"] == 0:
+            assert q.num_precontext == case["derived"]["num_precontext"]
+            assert q.pos_index == case["derived"]["pos_index"]
+        checked += 1
+    assert checked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_mode", ["hybrid", "lm"])
+def test_languagemodel_cases_equal_released_with_token_dropping(cases, model_dirs, train_mode):
+    compare(*run_cases(cases, model_dirs, train_mode, no_token_drop=False), suffix="")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_mode", ["hybrid", "lm"])
+def test_languagemodel_cases_equal_released_network_without_dropping(cases, model_dirs,
+                                                                      train_mode):
+    compare(*run_cases(cases, model_dirs, train_mode, no_token_drop=True), suffix="_nodrop")
+
+
+def test_printed_sections_and_json_keys_equal_released(cases, model_dirs, tmp_path, capsys):
+    import run_languagemodel as rl
+    case = cases[0]
+    assert case["train_mode"] == "hybrid" and case["rc"] == 0
+    out = str(tmp_path / "out.json")
+    rl.main(rl.build_parser().parse_args(
+        ["--model", model_dirs["hybrid"], "--context", case["context"], "--output", out]))
+    printed = capsys.readouterr().out
+    expected = case["stdout"].split("\n", 1)[1]  # after the released TPU/GPU line
+    # Same sections, same format; numbers may differ in the last float digits.
+    assert [line for line in printed.splitlines() if line.startswith("{")] == \
+        [line for line in expected.splitlines() if line.startswith("{")]
+    got = dict(zip(printed.splitlines()[0::2], printed.splitlines()[1::2]))
+    assert got["{OUTPUT TEXTS}"] == case["printed"]["{OUTPUT TEXTS}"].strip("\n")
+    assert got["{OUTPUT TOKENS}"] == case["printed"]["{OUTPUT TOKENS}"].strip("\n")
+    assert got["{OUTPUT VECTOR SHAPE}"] == case["printed"]["{OUTPUT VECTOR SHAPE}"].strip("\n")
+    assert np.allclose(json.loads(got["{OUTPUT SCORES}"]), case["output_scores"], atol=TOL)
+    with open(out, encoding="utf-8") as f:
+        written = json.load(f)
+    for key in ("output_text", "output_tokens", "output_scores", "output_vector",
+                "input_text", "input_tokens"):
+        assert key in written
+    assert written["output_tokens"] == case["output_tokens"]
+
+
+def test_lm_model_notes_mask_is_text_and_long_text_is_cut(cases, model_dirs, capsys):
+    import run_languagemodel as rl
+    long_case = cases[-1]
+    assert long_case["rc"] != 0
+    rl.main(rl.build_parser().parse_args(
+        ["--model", model_dirs["lm"], "--context", "[MASK]" + long_case["context"]]))
+    err = capsys.readouterr().err
+    assert 'train_mode "hybrid" enables' in err
+    assert "cut to the first 64" in err
