@@ -13,7 +13,11 @@ Conventions the issue leaves open (fixed by the lead engineer):
 - The spout projection (size L*2*H) is reshaped row-major to [L, 2, A, K]:
   layer-major, then key/value, then head, then kv.
 - A switch layer outputs p_e * expert_e(x) for the argmax expert e of the
-  softmax router probabilities p (no token dropped), plus tanh(x W_softmlp).
+  softmax router probabilities p, plus tanh(x W_softmlp). With token_drop
+  (the released inference rule) each sequence is one group of T tokens
+  (T <= 1024) and an expert takes at most max(min(T, int(T * 2.0 / E)), 4) of
+  them, in position order; a token arriving at a full expert gets no expert
+  output (the bypass remains). Without it no token is dropped.
 - pos_vector concatenates, layer-major, the hidden state after each full layer
   at pos_index[b].
 """
@@ -141,7 +145,22 @@ def attention(x, w, i, z, past, mask):
     return np.einsum("batk,akh->bth", a, w["model/att%d/o/kernel" % i]), present
 
 
-def switch_ffn(x, w, i):
+def capacity_keep(chosen, num_experts, capacity_factor=2.0, min_capacity=4):
+    """[B, T] bool: whether each token fits in its expert's capacity, tokens
+    of one sequence taken in position order."""
+    batch, length = chosen.shape
+    capacity = max(min(length, int(length * capacity_factor / num_experts)), min_capacity)
+    keep = np.zeros(chosen.shape, bool)
+    for b in range(batch):
+        used = [0] * num_experts
+        for t in range(length):
+            e = chosen[b, t]
+            keep[b, t] = used[e] < capacity
+            used[e] += 1
+    return keep
+
+
+def switch_ffn(x, w, i, token_drop=False):
     """Top-1 expert scaled by its router probability, plus the softmlp bypass.
     Also returns the smallest gap between the best and second-best router
     probability: a test whose routing is nearly tied would be fragile."""
@@ -151,6 +170,8 @@ def switch_ffn(x, w, i):
     gate = np.take_along_axis(probs, chosen[..., None], -1)
     hidden = np.maximum(np.einsum("bth,bthf->btf", x, w[name + "wi/kernel"][chosen]), 0.0)
     expert = np.einsum("btf,btfh->bth", hidden, w[name + "wo/kernel"][chosen])
+    if token_drop:
+        expert = expert * capacity_keep(chosen, probs.shape[-1])[..., None]
     top2 = np.sort(probs, -1)[..., -2:]
     margin = float((top2[..., 1] - top2[..., 0]).min())
     return gate * expert + np.tanh(x @ w[name + "softmlp/kernel"]), margin
@@ -173,7 +194,7 @@ def cached_keys_values(w, z, pasts, spout):
 
 
 def forward(weights, model_params, tokens, num_precontext=None, pasts=None, spout=None,
-            pos_index=None):
+            pos_index=None, token_drop=False):
     """The GPTSAN forward pass.
 
     Returns dict(logits [B,T,V], presents [B,L,2,A,T,K], layer_outputs
@@ -198,7 +219,7 @@ def forward(weights, model_params, tokens, num_precontext=None, pasts=None, spou
         a, present = attention(x, w, i, z, None if cache is None else cache[:, i], mask)
         x = layer_norm(a, w, "model/an%d" % i) + x
         if i < z.S:
-            f, margin = switch_ffn(x, w, i)
+            f, margin = switch_ffn(x, w, i, token_drop)
             margins.append(margin)
         else:
             f = ext_ffn(x, w, i)

@@ -130,3 +130,33 @@ def test_lm_model_notes_mask_is_text_and_long_text_is_cut(cases, model_dirs, cap
     err = capsys.readouterr().err
     assert 'train_mode "hybrid" enables' in err
     assert "cut to the first 64" in err
+
+
+@pytest.mark.parametrize("token_drop", [True, False])
+def test_numpy_reference_with_capacity_rule_equals_released(released, cases, token_drop):
+    """The independent NumPy forward on the released model's weights gives the
+    released scores and vectors: as released with the capacity rule, the no-drop
+    values without it (so the rule is what separates them)."""
+    import numpy_gptsan as ref
+    from model import params as pl
+    model_dir = os.path.join(released, "model")
+    mp = pl.load(model_dir)["model_params"]
+    import tensorflow as tf
+    weights = ref.load_weights(tf.train.latest_checkpoint(model_dir), mp)
+    suffix = "" if token_drop else "_nodrop"
+    checked = differs = 0
+    for case in cases:
+        if case["rc"] != 0 or not case["output_scores"]:
+            continue
+        ids = case["input_tokens"][:mp["num_contexts"]]
+        d = case["derived"]
+        out = ref.forward(weights, mp, [ids], num_precontext=[d["num_precontext"]],
+                          pos_index=[d["pos_index"]], token_drop=token_drop)
+        n = len(case["output_scores"])
+        nxt = case["input_tokens"][1:n + 1]
+        scores = out["logits"][0, np.arange(n), nxt]
+        assert np.allclose(scores, case["output_scores" + suffix], atol=TOL), case["context"]
+        assert np.allclose(out["pos_vector"][0], case["output_vector" + suffix], atol=TOL)
+        differs += not np.allclose(case["output_scores"], case["output_scores_nodrop"], atol=TOL)
+        checked += 1
+    assert checked > 20 and differs > 5
