@@ -328,3 +328,30 @@ def test_directory_without_checkpoint_file_is_a_user_error(forward, tmp_path):
     (tmp_path / "parameters.json").write_text("{}")
     with pytest.raises(UserError, match="no 'checkpoint' file"):
         forward("switch_only").restore(str(tmp_path))
+
+
+@pytest.mark.parametrize("token_drop", [True, False])
+def test_token_dropping_switch_matches_numpy_per_sequence(checkpoints, token_drop):
+    """Config(no_token_drop=False) is the released capacity rule: equal to the
+    NumPy reference's rule, per sequence (a row's result never depends on the
+    other rows), and on this data it does drop tokens (so it differs from the
+    all-routed pass)."""
+    config, length = "switch_only", 24
+    f = runtime.Forward(CONFIGS[config], BATCH, length, devices=cpu_mesh("1x1"),
+                        with_pos_vector=True, token_drop=token_drop)
+    f.restore(checkpoints[config][0])
+    tokens, inputs = example(config, seed=5, length=length)
+    # One token repeated routes most positions to one expert, over its
+    # capacity of max(int(24 * 2 / 4), 4) = 12.
+    tokens[0] = 1
+    try:
+        got = f(tokens, **inputs)
+        alone = f(np.stack([tokens[0], tokens[0]]), **inputs)
+    finally:
+        f.close()
+    want = reference(checkpoints, config, tokens, token_drop=token_drop, **inputs)
+    other = ref.forward(checkpoints[config][1], CONFIGS[config], tokens,
+                        token_drop=not token_drop, **inputs)
+    assert_close(got["logits"], want["logits"], REFERENCE_ATOL)
+    assert np.abs(want["logits"][0] - other["logits"][0]).max() > 1e-3
+    assert_same_computation(alone["logits"][0], got["logits"][0])
