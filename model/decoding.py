@@ -519,8 +519,9 @@ def control_ids(enc):
 
 def visible_ids(ids, enc, previous=None):
     """The ids that make the text: stop at <|endoftext|>, <|bagoftoken|>
-    repeats the previous kept token (`previous` carries one from the context),
-    other control tokens are dropped."""
+    stands for the previous kept token repeated (as released: it adds that token
+    twice more; `previous` carries one from the context), other control tokens
+    are dropped. Byte tokens are kept (the released script dropped them)."""
     controls = control_ids(enc)
     kept = []
     for i in ids:
@@ -529,7 +530,7 @@ def visible_ids(ids, enc, previous=None):
         if i == enc.bagoftoken:
             last = kept[-1] if kept else previous
             if last is not None:
-                kept.append(last)
+                kept += [last, last]
         elif i not in controls:
             kept.append(i)
     return kept

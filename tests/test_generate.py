@@ -164,9 +164,10 @@ def test_text_rules_for_special_tokens(encoder):
     e = encoder
     word, other = 4486, 668  # 天気, 今日
     ids = [word, e.bagoftoken, e.segmenter, other, e.bagoftoken, e.startoftext, e.endoftext, word]
-    assert decoding.visible_ids(ids, e) == [word, word, other, other]
-    assert decoding.visible_ids([e.bagoftoken, word], e, previous=other) == [other, word]
-    assert decoding.ids_to_text(ids, e) == "天気天気今日今日"
+    # <|bagoftoken|> adds the previous kept token twice more (released rule).
+    assert decoding.visible_ids(ids, e) == [word] * 3 + [other] * 3
+    assert decoding.visible_ids([e.bagoftoken, word], e, previous=other) == [other] * 2 + [word]
+    assert decoding.ids_to_text(ids, e) == "天気" * 3 + "今日" * 3
 
 
 def test_windows_keep_recent_tokens_and_the_surviving_prefix():
@@ -215,12 +216,12 @@ def biased_dir(tmp_path_factory):
 
 def test_cli_bag_repeats_banned_never_appear_past_num_contexts(repo_root, biased_dir,
                                                                  vocab_flags):
-    # "今日の天気" is 今日 / の / 天気: every <|bagoftoken|> repeats 天気.
+    # "今日の天気" is 今日 / の / 天気: every <|bagoftoken|> adds 天気 twice.
     proc = run_script(repo_root, "--model", biased_dir, "--context", "今日の天気",
                       "--top_k", "1", "--beam_width", "2", "--num_generate", "2", "--max_generate", "40",
                       "--spout", "1", "--use_bfloat16", *vocab_flags)
     assert proc.returncode == 0, proc.stderr
-    assert blocks(proc.stdout) == ["天気" * 40] * 2
+    assert blocks(proc.stdout) == ["天気" * 80] * 2
 
 
 def test_cli_input_file_writes_json_lines_and_never_overwrites(repo_root, model_dir, vocab_flags,

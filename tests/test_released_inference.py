@@ -160,3 +160,50 @@ def test_numpy_reference_with_capacity_rule_equals_released(released, cases, tok
         differs += not np.allclose(case["output_scores"], case["output_scores_nodrop"], atol=TOL)
         checked += 1
     assert checked > 20 and differs > 5
+
+
+# --- run_generate -------------------------------------------------------------
+
+def released_lines(released, name):
+    with open(os.path.join(released, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_greedy_generation_equals_released_for_every_spout_case(released, tmp_path):
+    """--top_k 1 --beam_width 1 gives the released greedy ids (EOT if argmax is
+    EOT, else argmax without NOT and SEP) and the printed text (no byte tokens
+    are involved in these cases)."""
+    import run_generate as rg
+    cases = released_lines(released, "generate.jsonl")
+    groups = {}
+    for c in cases:
+        groups.setdefault((c["model"], c["spout"]), []).append(c)
+    for (model, spout), group in sorted(groups.items()):
+        inputs = tmp_path / ("%s_%s.txt" % (model, spout))
+        inputs.write_text("\n".join(c["context"] for c in group) + "\n", encoding="utf-8")
+        output = tmp_path / ("%s_%s.jsonl" % (model, spout))
+        rg.main(rg.build_parser().parse_args([
+            "--model", os.path.join(released, model), "--input_file", str(inputs),
+            "--output", str(output), "--top_k", "1", "--beam_width", "1",
+            "--max_generate", str(group[0]["max_generate"]), "--spout", spout,
+            "--no_progress", "--seed", "1"]))
+        rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+        for c, r in zip(group, rows):
+            assert r["tokens"] == c["generated_ids"], (model, spout, c["context"])
+            assert r["text"] == c["printed_text"], (model, spout, c["context"])
+
+
+def test_text_clean_up_equals_released_except_byte_tokens(released, encoder):
+    """<|bagoftoken|> adds the previous kept token twice more, as released; the
+    released script also dropped every id >= <|emoji12|> (byte tokens and
+    emoji12), which this project keeps."""
+    from model import decoding
+    enc = encoder
+    cases = released_lines(released, "generate_cleanup.jsonl")
+    last_token = cases[0]["constants"]["LAST_TOKEN"]
+    for c in cases:
+        ours = decoding.visible_ids(c["generated_ids"], enc)
+        assert [i for i in ours if i < last_token] == c["ids_after_cleanup"]
+        assert any(i >= last_token and i not in decoding.control_ids(enc)
+                   for i in ours) or ours == c["ids_after_cleanup"]
