@@ -49,10 +49,20 @@ def load_model_params(model_dir):
         cli.fail(str(e))
 
 
+TRANSFORMER_FILE = "transformer-params.json"  # the copied weights, as the released converter lists them
+SLOT_SUFFIXES = ("/adam_m", "/adam_v")
+
+
 def frozen_variables(args):
-    """--ignore_parameters if given, else the model directory's ignore-params.json."""
+    """--ignore_parameters if given, else the weights in the model directory's
+    transformer-params.json (the released converter's list of copied weights;
+    their optimizer slots are not weights), else its ignore-params.json."""
     if args.ignore_parameters is not None:
         return parse_frozen(args.ignore_parameters)
+    transformer = os.path.join(args.model, TRANSFORMER_FILE)
+    if os.path.isfile(transformer):
+        return [n for n in parse_frozen(transformer)
+                if not n.endswith(SLOT_SUFFIXES) and n != "global_step"]
     path = os.path.join(args.model, IGNORE_FILE)
     if not os.path.isfile(path):
         cli.fail("%s has no %s (not a converted model?); convert it with "

@@ -207,3 +207,46 @@ def test_text_clean_up_equals_released_except_byte_tokens(released, encoder):
         assert [i for i in ours if i < last_token] == c["ids_after_cleanup"]
         assert any(i >= last_token and i not in decoding.control_ids(enc)
                    for i in ours) or ours == c["ids_after_cleanup"]
+
+
+# --- a directory written by the released converter ----------------------------------
+
+@pytest.mark.slow
+def test_released_converted_directory_generates_and_finetunes_frozen(released, tmp_path):
+    """converted/ (checkpoint named `model`, transformer-params.json, the
+    converter's Adam slots) runs with run_generate and fine-tunes with
+    run_finetune.py, which freezes the weights in transformer-params.json:
+    they stay bit-identical while the added layers train."""
+    import contextlib
+    import io
+    import run_finetune
+    import run_generate as rg
+    from model.compat import tf
+    src = os.path.join(released, "converted")
+    work = str(tmp_path / "converted")
+    shutil.copytree(src, work)
+    for name in os.listdir(work):
+        os.chmod(os.path.join(work, name), 0o644)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rg.main(rg.build_parser().parse_args(
+            ["--model", work, "--context", "GIMPは", "--max_generate", "3", "--top_k", "1",
+             "--beam_width", "1"]))
+    assert "generate" in out.getvalue()
+    records = os.path.join(released, "records", "hybrid", "hybrid_0000.tfrecord")
+    output_dir = str(tmp_path / "tuned")
+    args = run_finetune.build_parser().parse_args(
+        ["--model", work, "--input_files", records, "--output_dir", output_dir,
+         "--max_training_step", "3", "--batch_size", "8", "--spout_vector", "uniform",
+         "--no_progress"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_finetune.main(args) == 0
+    with open(os.path.join(src, "transformer-params.json")) as f:
+        copied = [n for n in json.load(f)
+                  if not n.endswith(("/adam_m", "/adam_v")) and n != "global_step"]
+    before = tf.train.load_checkpoint(os.path.join(src, "model"))
+    after = tf.train.load_checkpoint(tf.train.latest_checkpoint(output_dir))
+    assert copied
+    for name in copied:
+        assert np.array_equal(after.get_tensor(name), before.get_tensor(name)), name
+    assert not np.array_equal(after.get_tensor("model/ln2/g"), before.get_tensor("model/ln2/g"))
