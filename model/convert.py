@@ -66,6 +66,10 @@ from model.compat import mtf, tf
 INITS = ("identity", "random")
 CHECKPOINT_NAME = "model.ckpt-0"
 IGNORE_FILE = "ignore-params.json"
+# Written as the released converter names them, so its instructions work on
+# this converter's output: the weights to keep frozen, and every variable.
+TRANSFORMER_FILE = "transformer-params.json"
+ALL_FILE = "all-params.json"
 SPOUT_SCOPE = "pasts/"
 SPOUT_OUT = "pasts/out/kernel"
 ADAM_SLOTS = ("/adam_m", "/adam_v")
@@ -314,6 +318,10 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
         write_checkpoint(tmp, entries, progress)
         params_lib.save(dst_params, tmp)
         params_lib.write_json_atomic(frozen, os.path.join(tmp, IGNORE_FILE))
+        # The frozen set (not every copied weight): run_finetune.py reads this
+        # file first, and this converter leaves an added spout trainable.
+        params_lib.write_json_atomic(frozen, os.path.join(tmp, TRANSFORMER_FILE))
+        params_lib.write_json_atomic(sorted(e.name for e in entries), os.path.join(tmp, ALL_FILE))
         check_destination(dst, force, src_dir)  # someone may have created it meanwhile
         replace_path(tmp, dst)
     except BaseException:

@@ -301,6 +301,11 @@ def test_ignore_params_lists_every_source_weight_but_the_spout(
         frozen = json.load(f)
     src_weights = set(ref.variable_shapes(src_params))
     assert frozen == sorted(n for n in src_weights if not n.startswith("pasts/"))
+    # The released converter's file names: the frozen weights and every variable.
+    with open(os.path.join(spout_converted, "transformer-params.json")) as f:
+        assert json.load(f) == frozen
+    with open(os.path.join(spout_converted, "all-params.json")) as f:
+        assert json.load(f) == sorted(checkpoint_tensors(spout_converted))
     # --freeze_spout freezes the source's spout projection as well.
     dst = str(tmp_path / "frozen_spout")
     convert.convert(spout_source, dst, add_layers=1, freeze_spout=True, progress=False)
