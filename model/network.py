@@ -53,7 +53,7 @@ class Config:
 
     def __init__(self, model_params, activation_dtype=tf.float32, layout=None,
                  mesh_shape=None, capacity_factor_train=1.25, aux_loss_coef=1e-2,
-                 router_jitter=1e-2, seed=0):
+                 router_jitter=1e-2, seed=0, no_token_drop=False):
         self.params = model_params
         self.seed = seed
         self.dims = Dims(model_params)
@@ -65,6 +65,7 @@ class Config:
         self.capacity_factor_train = capacity_factor_train
         self.aux_loss_coef = aux_loss_coef
         self.router_jitter = router_jitter
+        self.no_token_drop = no_token_drop
 
 
 def variable(mesh, name, dims, cfg, stddev=INIT_STDDEV, init=None):
@@ -162,7 +163,9 @@ def moe_hparams(cfg, group_size, train):
     e = cfg.dims.num_experts
     return mtf_moe.HParams(
         moe_gating="switch", moe_num_experts=e, moe_hidden_size=8 * cfg.dims.hidden.size,
-        moe_group_size=group_size, moe_capacity_factor_train=cfg.capacity_factor_train,
+        moe_group_size=group_size,
+        # capacity factor = number of experts: an expert can take the whole group.
+        moe_capacity_factor_train=float(e) if cfg.no_token_drop else cfg.capacity_factor_train,
         moe_capacity_factor_eval=float(e), moe_min_expert_capacity=4 if train else 1,
         moe_switch_policy_train="input_jitter", moe_switch_policy_eval="argmax",
         moe_switch_jitter=cfg.router_jitter, moe_loss_coef=cfg.aux_loss_coef,
@@ -405,13 +408,14 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
 
 
 def lm_loss(logits, targets, vocab_dim, z_loss=1e-4):
-    """Mean cross-entropy over positions with target >= 0, plus z-loss."""
+    """Mean cross-entropy over positions with target >= 0, plus z-loss; divided by
+    (count + 1e-5) as released (0 for a batch with no target)."""
     valid = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
     safe_targets = mtf.maximum(targets, 0)
     log_z = mtf.reduce_logsumexp(logits, vocab_dim)
     target_logit = mtf.reduce_sum(logits * mtf.one_hot(safe_targets, vocab_dim), reduced_dim=vocab_dim)
     per_position = (log_z - target_logit) + z_loss * mtf.square(log_z)
-    return mtf.reduce_sum(per_position * valid) / mtf.maximum(mtf.reduce_sum(valid), 1.0)
+    return mtf.reduce_sum(per_position * valid) / (mtf.reduce_sum(valid) + 1e-5)
 
 
 def count_parameters(model_params):

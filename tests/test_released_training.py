@@ -1,0 +1,95 @@
+"""Training against the released GPTSAN's recorded optimizer numerics
+(shared/reference/released/train_step.json), the released checkpoint's resume,
+the spout vectors of released training, and the one-batch record file."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from model import params as params_lib
+from model.compat import tf
+
+SCENARIOS = ["resume_noclip", "resume_clip", "fresh_noclip", "fresh_clip"]
+
+
+@pytest.fixture(scope="module")
+def released(shared_dir):
+    root = os.path.join(shared_dir, "reference", "released")
+    if not os.path.exists(os.path.join(root, "train_step.json")):
+        pytest.skip("released train_step.json not found under %s" % root)
+    with open(os.path.join(root, "train_step.json")) as f:
+        return root, json.load(f)
+
+
+def make_trainer(tmp_path, root, golden, scenario):
+    from model import train
+
+    resume = scenario.startswith("resume")
+    params = params_lib.load(os.path.join(root, "model"))
+    params["train_params"].update(golden["train_params"])
+    out = str(tmp_path / scenario)
+    if resume:  # the released output_dir itself, restarted
+        shutil.copytree(os.path.join(root, "model"), out)
+    batch = golden["batch"]
+    opts = train.TrainOptions(
+        params=params, input_files="unused", output_dir=out, spout_vector="uniform",
+        clip_gradients=0.01 if scenario.endswith("_clip") else 0.0, router_jitter=0.0,
+        no_token_drop=True, init_checkpoint=None if resume else os.path.join(root, "model"),
+        progress=False)
+
+    class Fixed(train.Trainer):
+        def _features(self):  # the stored batch and the fixed spout, every step
+            features = {k: tf.constant(np.asarray(batch[k], np.int32).reshape(
+                np.shape(batch[k])[0], -1).squeeze(-1) if k in ("num_input", "i")
+                else np.asarray(batch[k], np.int32)) for k in ("x", "y", "num_input", "i")}
+            features["spout"] = tf.constant(np.asarray(batch["spout"], np.float32))
+            return features
+
+    return Fixed(opts).start()
+
+
+def state(trainer, names):
+    s = trainer.session
+    s.run(trainer.copy_to_masters)
+    loss, aux, lr, step = s.run([trainer.loss, trainer.aux_loss, trainer.learning_rate,
+                                 trainer.global_step])
+    by_name = {v.op.name: v for v in trainer.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
+    values = s.run({n: by_name[n] for n in names})
+    return dict(loss=loss, extra_loss=aux, learning_rate=lr, global_step=step, variables=values)
+
+
+def recorded(v):
+    a = np.asarray(v["values"] if "values" in v else v["head_flat"], np.float64)
+    return a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_released_train_step(tmp_path, released, scenario):
+    root, golden = released
+    sc = golden["scenarios"][scenario]
+    spread = golden["repeat_spread"][scenario]
+    names = list(sc["states"][0]["variables"])
+    trainer = make_trainer(tmp_path, root, golden, scenario)
+    try:
+        for k, want in enumerate(sc["states"]):
+            got = state(trainer, names)
+            assert got["global_step"] == want["global_step"]
+            # states[0] is exact in the recording (spread 0): float rounding only.
+            sp = spread[k]
+            assert abs(got["learning_rate"] - want["learning_rate"]) <= 1e-9, k
+            assert abs(got["loss"] - want["loss"]) <= max(sp["loss"], 1e-5), (k, got["loss"])
+            assert abs(got["extra_loss"] - want["extra_loss"]) <= max(sp["extra_loss"], 1e-3), \
+                (k, got["extra_loss"])
+            for name, v in want["variables"].items():
+                ref = recorded(v)
+                mine = np.asarray(got["variables"][name], np.float64).ravel()[:ref.size]
+                tol = max(sp["variables"].get(name, 0.0), 1e-5)
+                np.testing.assert_allclose(mine, ref, rtol=0, atol=tol,
+                                           err_msg="%s state %d %s" % (scenario, k, name))
+            trainer.session.run(trainer.train_op)
+    finally:
+        trainer.session.close()
+
