@@ -221,3 +221,37 @@ def test_train_mode_from_records(tmp_path):
     # A summary naming the mode wins over the sample.
     (lm / "x-summary.json").write_text(json.dumps({"options": {"mode": "mlm"}}))
     assert training_cli.records_train_mode(str(lm / "*.tfrecord")) == "hybrid"
+
+
+@pytest.mark.slow
+def test_run_training_resumes_released_checkpoint(tmp_path, released):
+    """The released training's output_dir (sharded Saver, adam_m/adam_v, step 30)
+    resumes: weights, slots and step are read, training goes on from step 30, and
+    parameters.json keeps the released keys."""
+    import subprocess
+    import sys
+    root, _ = released
+    out = str(tmp_path / "model")
+    shutil.copytree(os.path.join(root, "model"), out)
+    before = dict(tf.train.list_variables(out))
+    reader = tf.train.load_checkpoint(out)
+    v30 = reader.get_tensor("model/wte/adam_v")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "run_training.py"),
+         "--parameter_file", os.path.join(out, "parameters.json"), "--output_dir", out,
+         "--input_files", os.path.join(root, "records", "hybrid", "hybrid_0000.tfrecord"),
+         "--spout_vector", "uniform", "--max_training_step", "32", "--no_progress"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(step 30)" in proc.stderr
+    latest = tf.train.latest_checkpoint(out)
+    reader = tf.train.load_checkpoint(latest)
+    assert reader.get_tensor("global_step") == 32
+    assert set(dict(tf.train.list_variables(latest))) >= set(before)
+    # v' = 0.999 v + 0.001 g^2 >= 0.999 v: holds only if the stored v was read.
+    v32 = reader.get_tensor("model/wte/adam_v")
+    assert np.all(v32 >= 0.999 ** 2 * v30 * (1 - 1e-6)) and v30.max() > 0
+    with open(os.path.join(out, "parameters.json")) as f:
+        mp = json.load(f)["model_params"]
+    assert mp["train_mode"] == "lm" and mp["num_vocabulary"] == 36000
