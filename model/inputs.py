@@ -95,12 +95,15 @@ def read_dataset(file_pattern, batch_size, num_context, shuffle=True, seed=None,
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                        num_parallel_calls=tf.data.experimental.AUTOTUNE, deterministic=True)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # Repeat only after the record shuffle: the buffer then never mixes two
+    # epochs, so each epoch holds every record exactly once (a file of exactly
+    # one batch gives that batch at every step).
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=True)
     spec = _feature_spec(num_context)
 

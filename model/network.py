@@ -420,13 +420,14 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
 
 
 def lm_loss(logits, targets, vocab_dim, z_loss=1e-4):
-    """Mean cross-entropy over positions with target >= 0, plus z-loss."""
+    """Mean cross-entropy over positions with target >= 0, plus z-loss; divided by
+    (count + 1e-5) as released (0 for a batch with no target)."""
     valid = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
     safe_targets = mtf.maximum(targets, 0)
     log_z = mtf.reduce_logsumexp(logits, vocab_dim)
     target_logit = mtf.reduce_sum(logits * mtf.one_hot(safe_targets, vocab_dim), reduced_dim=vocab_dim)
     per_position = (log_z - target_logit) + z_loss * mtf.square(log_z)
-    return mtf.reduce_sum(per_position * valid) / mtf.maximum(mtf.reduce_sum(valid), 1.0)
+    return mtf.reduce_sum(per_position * valid) / (mtf.reduce_sum(valid) + 1e-5)
 
 
 def count_parameters(model_params):

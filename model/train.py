@@ -19,7 +19,7 @@ from model import network, optimizer, params as params_lib, runtime
 from model.cli import UserError
 from model.compat import mtf, tf
 
-SPOUT_CHOICES = ("none", "uniform", "onehot")
+SPOUT_CHOICES = ("none", "uniform", "onehot", "stateless_uniform", "half_onehot")
 
 
 @dataclass
@@ -34,7 +34,10 @@ class TrainOptions:
     use_bfloat16: bool = False
     use_mixed_precision: bool = False
     loss_scale: float = 2.0 ** 15      # initial dynamic loss scale (float16 only)
-    clip_gradients: float = 0.0        # global-norm clipping; 0 disables
+    fixed_loss_scale: bool = False     # keep loss_scale constant (released fp16 used 2**9)
+    clip_gradients: float = 0.0        # global-norm clipping; 0 disables (released: 0.01)
+    lr_schedule: str = "released"      # see optimizer.learning_rate
+    no_token_drop: bool = False        # every token gets its expert in training too
     ignore_parameters: List[str] = field(default_factory=list)  # frozen variable names
     init_checkpoint: Optional[str] = None  # weights to start from when output_dir is empty
     devices: Optional[runtime.Devices] = None
@@ -57,6 +60,10 @@ def check_options(opts, mesh_batch):
         raise UserError("choose one of --use_bfloat16 and --use_mixed_precision")
     if opts.optimizer not in ("adam", "adafactor"):
         raise UserError("--optimizer must be adam or adafactor")
+    if opts.lr_schedule not in optimizer.LR_SCHEDULES:
+        raise UserError("--lr_schedule must be one of %s" % ", ".join(optimizer.LR_SCHEDULES))
+    if opts.spout_vector == "half_onehot" and mp.get("num_spout", 0) < 2:
+        raise UserError("--spout_vector half_onehot needs num_spout >= 2 in parameters.json")
     if batch % mesh_batch:
         raise UserError("batch_size %d is not divisible by the mesh's batch dimension %d"
                         % (batch, mesh_batch))
@@ -70,12 +77,33 @@ def activation_dtype(opts):
     return tf.float32
 
 
+def _uniform_by_record(i, width):
+    """Uniform [0, 1) noise per record, a function of the record's `i` alone (and
+    not of the step), as the released stateless_uniform: a record always gets the
+    same vector, so it acts as a learned per-record code."""
+    def one(idx):
+        seed = tf.stack([tf.cast(idx, tf.int64), tf.constant(0, tf.int64)])
+        return tf.random.stateless_uniform([width], seed=seed)
+    return tf.map_fn(one, i, fn_output_signature=tf.float32)
+
+
 def spout_input(opts, features, batch_size):
     p = opts.params["model_params"].get("num_spout", 0)
+    if opts.spout_vector != "none" and "spout" in features:
+        return tf.cast(features["spout"], tf.float32)  # a given spout (tests, fixed inputs)
     if opts.spout_vector == "uniform":
         return tf.random.uniform([batch_size, p], seed=opts.seed)
     if opts.spout_vector == "onehot":
         return tf.one_hot(tf.math.floormod(features["i"], p), p)
+    if opts.spout_vector == "stateless_uniform":
+        return _uniform_by_record(features["i"], p)
+    if opts.spout_vector == "half_onehot":
+        # One-hot class code of i mod p/2 in the first half, fresh noise in the
+        # second half (a controllable class plus free variation), as released.
+        half = p // 2
+        code = tf.one_hot(tf.math.floormod(features["i"], half), half)
+        noise = tf.random.uniform([batch_size, p - half], seed=opts.seed)
+        return tf.concat([code, noise], axis=1)
     return None
 
 
@@ -133,7 +161,8 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
     batch_size, length = tp["batch_size"], mp["num_contexts"]
     mtf_graph, mesh = meshlib.new_mesh()
     cfg = network.Config(mp, activation_dtype=activation_dtype(opts), layout=meshlib.LAYOUT,
-                         mesh_shape=mesh_shape, router_jitter=opts.router_jitter, seed=opts.seed)
+                         mesh_shape=mesh_shape, router_jitter=opts.router_jitter, seed=opts.seed,
+                         no_token_drop=opts.no_token_drop)
     batch = mtf.Dimension("batch", batch_size)
     length_dim = mtf.Dimension("length", length)
 
@@ -153,7 +182,8 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
 
     variables = trainable_variables(opts, mtf_graph)
     global_step = tf.train.get_or_create_global_step()
-    lr = optimizer.learning_rate(global_step, tp["base_lr"], tp["num_warmup_steps"])
+    lr = optimizer.learning_rate(global_step, tp["base_lr"], tp["num_warmup_steps"],
+                                 opts.lr_schedule)
     mtf_lr = imp(lr, [])
     loss_scale = scale = None
     if opts.use_mixed_precision:
@@ -178,8 +208,11 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
 
     lowering = mtf.Lowering(mtf_graph, {mesh: mesh_impl})
     step_ops = [lowering.lowered_operation(op) for op in updates]
-    step_ops.append(tf.assign_add(global_step, 1))
-    if apply is not None:
+    # The step counter moves only after every update has read the learning rate
+    # of this step, so an update never uses the next step's rate.
+    with tf.control_dependencies(step_ops):
+        step_ops.append(tf.assign_add(global_step, 1))
+    if apply is not None and not opts.fixed_loss_scale:
         finite = lowering.export_to_tf_tensor(apply) > 0.5
         step_ops.append(loss_scale_update(loss_scale, finite))
     trainable = {v.name for v in variables}

@@ -15,22 +15,42 @@ def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.p
     p.add_argument("--input_files", required=True, help=input_help)
     p.add_argument("--vocabulary", default=None,
                    help="vocabulary file; checked against num_vocabulary when given")
-    p.add_argument("--spout_vector", default="none", choices=["none", "uniform", "onehot"],
-                   help="spout input: none, a uniform random vector, or one-hot of the "
-                        "record's class id")
+    p.add_argument("--spout_vector", default="none",
+                   choices=["none", "uniform", "onehot", "stateless_uniform", "half_onehot"],
+                   help="spout input: none; uniform (fresh random vector each step); onehot "
+                        "(of the record's i mod num_spout); stateless_uniform (uniform vector "
+                        "seeded by the record's i, the same every epoch); half_onehot (one-hot "
+                        "of i mod num_spout/2 in the first half, uniform noise in the second) "
+                        "(default: %(default)s)")
     p.add_argument("--max_training_step", type=int, default=100000)
     p.add_argument("--max_minutes", type=float, default=0.0,
                    help="stop and save after this many minutes of training (0: no limit); "
                         "re-running resumes")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "adafactor"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adafactor"],
+                   help="adam: the released AdamWeightDecay (eps 1e-8, weight decay 0.01 "
+                        "except */bias, no bias correction); adafactor (default: %(default)s)")
+    p.add_argument("--lr_schedule", default="released", choices=["released", "rsqrt"],
+                   help="released: linear warm-up to base_lr, then 1/sqrt(max(step, "
+                        "1/base_lr^2)); rsqrt: inverse square-root decay after warm-up "
+                        "(default: %(default)s)")
+    p.add_argument("--router_jitter", type=float, default=0.01,
+                   help="multiplicative uniform noise on the router input in training, as "
+                        "released (0: off) (default: %(default)s)")
+    p.add_argument("--no_token_drop", action="store_true",
+                   help="every token gets its expert in training too (default: the expert "
+                        "capacity rule drops tokens over capacity factor 1.25)")
     p.add_argument("--use_bfloat16", action="store_true",
                    help="bfloat16 activations, float32 master weights")
     p.add_argument("--use_mixed_precision", action="store_true",
                    help="float16 activations with dynamic loss scaling")
     p.add_argument("--loss_scale", type=float, default=2.0 ** 15,
-                   help="initial loss scale for --use_mixed_precision")
-    p.add_argument("--clip_gradients", type=float, default=0.0,
-                   help="global-norm gradient clipping (0: off)")
+                   help="initial loss scale for --use_mixed_precision (default: %(default)s)")
+    p.add_argument("--fixed_loss_scale", action="store_true",
+                   help="keep --loss_scale constant instead of dynamic scaling (the released "
+                        "fp16 recipe: --loss_scale 512 --fixed_loss_scale)")
+    p.add_argument("--clip_gradients", type=float, nargs="?", const=0.01, default=0.0,
+                   help="clip gradients to this global norm; the bare flag clips to 0.01, how "
+                        "the released model was pre-trained (default: %(default)s = off)")
     p.add_argument("--ignore_parameters", default=None,
                    help="JSON list of variable names to freeze, or a file holding one")
     p.add_argument("--mesh_shape", default=None,
@@ -82,18 +102,60 @@ def check_vocabulary(path, model_params):
                                                            model_params["num_vocabulary"]))
 
 
+def records_train_mode(file_pattern, sample=256):
+    """"hybrid" when the records have a bidirectional prefix, else "lm".
+
+    The records' summary (make_tfrecord's <name>-summary.json) names the mode;
+    records without one (e.g. from the released tool) are judged by whether any of
+    the first `sample` records has num_input > 0.
+    """
+    import glob
+    from model import inputs
+
+    files = inputs.list_record_files(file_pattern)
+    modes = set()
+    for d in sorted({os.path.dirname(f) for f in files}):
+        for path in glob.glob(os.path.join(d, "*-summary.json")):
+            try:
+                with open(path) as f:
+                    mode = json.load(f).get("options", {}).get("mode")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if mode:
+                modes.add(mode)
+    if modes:
+        return "hybrid" if modes & {"hybrid", "mlm"} else "lm"
+    from model.compat import tf
+    seen = 0
+    for path in files[:8]:
+        for rec in tf.compat.v1.io.tf_record_iterator(path):
+            feature = tf.train.Example.FromString(rec).features.feature
+            if "num_input" in feature and any(feature["num_input"].int64_list.value):
+                return "hybrid"
+            seen += 1
+            if seen >= sample:
+                return "lm"
+    return "lm"
+
+
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
     """Shared by run_training.py and run_finetune.py: build options, train, report."""
     from model import train
 
     check_vocabulary(args.vocabulary, params["model_params"])
+    # Inference scripts fill masks only for train_mode hybrid; an existing value
+    # (a released or resumed directory) is kept.
+    if "train_mode" not in params["model_params"]:
+        params["model_params"]["train_mode"] = records_train_mode(args.input_files)
     opts = train.TrainOptions(
         params=params, input_files=args.input_files, output_dir=output_dir,
         max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
         spout_vector=args.spout_vector,
         optimizer=args.optimizer, use_bfloat16=args.use_bfloat16,
         use_mixed_precision=args.use_mixed_precision, loss_scale=args.loss_scale,
-        clip_gradients=args.clip_gradients,
+        fixed_loss_scale=args.fixed_loss_scale, clip_gradients=args.clip_gradients,
+        lr_schedule=args.lr_schedule, router_jitter=args.router_jitter,
+        no_token_drop=args.no_token_drop,
         ignore_parameters=list(extra_frozen) or parse_frozen(args.ignore_parameters),
         init_checkpoint=init_checkpoint, seed=args.seed, progress=not args.no_progress)
     if args.tpu_nodes or args.use_tpu_estimator:
