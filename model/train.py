@@ -6,6 +6,7 @@ bar, checkpoints every N steps / hours and on SIGINT/SIGTERM.
 """
 import os
 import signal
+import sys
 import time
 import types
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class TrainOptions:
     clip_gradients: float = 0.0        # global-norm clipping; 0 disables
     ignore_parameters: List[str] = field(default_factory=list)  # frozen variable names
     init_checkpoint: Optional[str] = None  # weights to start from when output_dir is empty
+    force: bool = False  # start from scratch over checkpoint files that cannot be restored
     devices: Optional[runtime.Devices] = None
     seed: int = 0
     router_jitter: float = 1e-2
@@ -236,25 +238,47 @@ class Trainer:
 
     # ---- session -----------------------------------------------------------
     def start(self):
-        """Open the session: resume from output_dir, else init (and load init_checkpoint)."""
+        """Open the session: resume from output_dir, else init (and load init_checkpoint).
+
+        Resumes from the newest complete checkpoint on disk whatever the `checkpoint`
+        index says, falling back (with a message) past damaged ones; refuses to
+        initialise over checkpoint files it cannot read unless opts.force."""
+        from model import checkpoints
+        self.lock = checkpoints.OutputLock(self.opts.output_dir).acquire()
         self.session = tf.Session(self.devices.target, graph=self.graph, config=self.devices.config)
-        latest = tf.train.latest_checkpoint(self.opts.output_dir) \
-            if os.path.isdir(self.opts.output_dir) else None
+        good, skipped = checkpoints.candidates(self.opts.output_dir)
         self.session.run(self.init)
+        self.resumed_from = None
+        loaded = None
         with self.graph.as_default():
-            if latest and _has_training_state(latest, self.graph):
-                runtime.check_checkpoint(latest, runtime.expected_variables(self.graph))
-                self.saver.restore(self.session, latest)
-                self.resumed_from = latest
-            elif latest:
-                # Weights only (a converted or released model): start training from them.
-                self._load_weights(latest)
-                self.resumed_from = None
-            elif self.opts.init_checkpoint:
+            for prefix in good:
+                try:
+                    if _has_training_state(prefix, self.graph):
+                        runtime.check_checkpoint(prefix, runtime.expected_variables(self.graph))
+                        self.saver.restore(self.session, prefix)
+                        self.resumed_from = prefix
+                    else:
+                        # Weights only (a converted or released model): start training from them.
+                        self._load_weights(prefix)
+                    loaded = prefix
+                    break
+                except (tf.errors.OpError, IndexError, ValueError) as e:
+                    skipped.append((prefix, checkpoints.readable_error(prefix, e)))
+                    self.session.run(self.init)
+            for prefix, why in skipped:
+                print("skipping checkpoint %s: %s" % (prefix, why), file=sys.stderr)
+            if loaded is None and checkpoints.has_checkpoint_files(self.opts.output_dir) \
+                    and not self.opts.force:
+                self.lock.release()
+                raise UserError("%s holds checkpoint files but none can be restored; "
+                                "repair or move them, or pass --force to start from "
+                                "scratch there" % self.opts.output_dir)
+            if loaded is None and self.opts.init_checkpoint:
                 self._load_weights(self.opts.init_checkpoint)
-                self.resumed_from = None
-            else:
-                self.resumed_from = None
+            if loaded is not None and skipped:
+                print("resuming from %s instead" % loaded, file=sys.stderr)
+        checkpoints.recover_retention(self.saver, self.opts.output_dir,
+                                      self.train_params["max_to_keep_save"])
         self.session.run(self.copy_to_slices)
         return self
 
@@ -289,6 +313,7 @@ class Trainer:
         start_step, last_save, losses = step, time.time(), []
         bar = _progress(step, o.max_training_step, o.progress)
         t0 = time.time()
+        failure = None
         try:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
@@ -297,7 +322,15 @@ class Trainer:
                 want_summary = writer is not None and step % o.log_every == 0
                 if want_summary:
                     fetch.append(self.summaries)
-                values = self.session.run(fetch)
+                try:
+                    values = self.session.run(fetch)
+                except tf.errors.DataLossError as e:
+                    # Save the steps done so far before reporting the corrupt records.
+                    failure = "corrupt training records: %s" % str(e).strip().splitlines()[0]
+                    break
+                except tf.errors.OutOfRangeError:
+                    failure = "the input pipeline yielded no batch: check --input_files"
+                    break
                 step += 1
                 losses.append(float(values[1]))
                 if want_summary:
@@ -317,6 +350,8 @@ class Trainer:
         path = self.save()
         if writer is not None:
             writer.close()
+        if failure:
+            raise UserError("%s (saved %s at step %d)" % (failure, path, step))
         elapsed = time.time() - t0
         return {"checkpoint": path, "step": step, "steps_run": step - start_step,
                 "final_loss": losses[-1] if losses else None,
@@ -326,6 +361,9 @@ class Trainer:
 
     def close(self):
         self.session.close()
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
 
 
 def is_training_state(name):

@@ -52,6 +52,29 @@ def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.p
     p.add_argument("--task_index", type=int, default=0, help="this process's worker index")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="start from scratch in an output directory whose checkpoint files "
+                        "cannot be restored (they are overwritten)")
+
+
+def validate_flags(args, output_dir):
+    """Flag mistakes found before any graph is built."""
+    import math
+    if args.max_training_step < 1:
+        cli.fail("--max_training_step must be at least 1, not %d" % args.max_training_step)
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        cli.fail("--cpu_devices must be at least 1, not %d" % args.cpu_devices)
+    if not math.isfinite(args.max_minutes) or args.max_minutes < 0:
+        cli.fail("--max_minutes must be a finite number >= 0")
+    if args.mesh_shape:
+        from model import mesh as meshlib
+        try:
+            meshlib.parse_mesh_shape(args.mesh_shape)
+        except Exception as e:
+            cli.fail("--mesh_shape %r is not a mesh such as 2x2 or 'batch:2;model:2' (%s)"
+                     % (args.mesh_shape, e))
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        cli.fail("--output_dir %s is a file, not a directory" % output_dir)
 
 
 def parse_frozen(value):
@@ -86,9 +109,12 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
     """Shared by run_training.py and run_finetune.py: build options, train, report."""
     from model import train
 
+    validate_flags(args, output_dir)
     check_vocabulary(args.vocabulary, params["model_params"])
+    from model import inputs
+    inputs.check_record_files(args.input_files, params["model_params"]["num_contexts"])
     opts = train.TrainOptions(
-        params=params, input_files=args.input_files, output_dir=output_dir,
+        params=params, force=args.force, input_files=args.input_files, output_dir=output_dir,
         max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
         spout_vector=args.spout_vector,
         optimizer=args.optimizer, use_bfloat16=args.use_bfloat16,

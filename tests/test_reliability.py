@@ -1,0 +1,171 @@
+"""No run may lose a trained model, hang, or end in a traceback: damaged
+checkpoints, damaged records, concurrent runs and bad flags."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import faults
+from tests.test_training import make_trainer, tiny_params, write_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    d = tmp_path_factory.mktemp("records")
+    write_records(str(d / "a.tfrecord"))
+    return str(d / "*.tfrecord")
+
+
+def train_to(records, out, steps, **kw):
+    trainer = make_trainer(records, out, steps, **kw)
+    summary = trainer.run()
+    trainer.close()
+    return summary
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def data_shard(out, step):
+    return [os.path.join(out, n) for n in os.listdir(out)
+            if n.startswith("model.ckpt-%d.data" % step)][0]
+
+
+@pytest.mark.parametrize("damage", [faults.remove_index_file, faults.garbage_index_file,
+                                    faults.index_names_deleted])
+def test_damaged_checkpoint_index_still_resumes_the_trained_checkpoint(records, tmp_path, damage):
+    train_to(records, tmp_path, 6)
+    before = sha(data_shard(str(tmp_path), 6))
+    damage(str(tmp_path))
+    trainer = make_trainer(records, tmp_path, 8)
+    assert trainer.resumed_from.endswith("model.ckpt-6") and trainer.step() == 6
+    trainer.run()
+    trainer.close()
+    assert sha(data_shard(str(tmp_path), 6)) == before
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_path, capfd):
+    p = tiny_params(str(tmp_path))
+    p["train_params"]["checkpoint_per_steps"] = 3
+    train_to(records, tmp_path, 6, params=p)
+    faults.truncate_data(str(tmp_path / "model.ckpt-6"), keep=0.5)
+    trainer = make_trainer(records, tmp_path, 6, params=p)
+    assert trainer.resumed_from.endswith("model.ckpt-3") and trainer.step() == 3
+    trainer.close()
+    err = capfd.readouterr().err
+    assert "model.ckpt-6" in err and "resuming from" in err
+
+
+@pytest.mark.parametrize("damage", ["empty_data", "truncated_index"])
+def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, damage):
+    from model.cli import UserError
+    train_to(records, tmp_path, 3)
+    prefix = str(tmp_path / "model.ckpt-3")
+    if damage == "empty_data":
+        faults.truncate_data(prefix, keep=0)
+    else:
+        faults.truncate_index(prefix, keep=0.5)
+    before = sha(prefix + ".index")
+    with pytest.raises(UserError, match="--force"):
+        make_trainer(records, tmp_path, 3)
+    assert sha(prefix + ".index") == before
+    trainer = make_trainer(records, tmp_path, 3, force=True)
+    assert trainer.step() == 0
+    trainer.close()
+
+
+def test_max_to_keep_holds_across_restarts(records, tmp_path):
+    p = tiny_params(str(tmp_path))
+    p["train_params"].update(checkpoint_per_steps=2, max_to_keep_save=2)
+    for steps in (4, 8, 12):
+        train_to(records, tmp_path, steps, params=p)
+    kept = sorted(n for n in os.listdir(tmp_path) if n.endswith(".index"))
+    assert kept == ["model.ckpt-10.index", "model.ckpt-12.index"]
+
+
+def test_second_trainer_on_the_same_output_dir_is_refused(records, tmp_path):
+    from model import checkpoints
+    from model.cli import UserError
+    lock = tmp_path / checkpoints.LOCK_NAME
+    import socket
+    # A live process on this host (the parent of this test) holds the directory.
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(UserError, match="pid %d" % os.getppid()):
+        make_trainer(records, tmp_path, 2)
+    # A dead holder's lock is taken over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    trainer = make_trainer(records, tmp_path, 2)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    trainer.close()
+    assert not lock.exists()
+
+
+def test_corrupt_records_mid_run_save_a_checkpoint_then_fail(tmp_path):
+    from model.cli import UserError
+    rec = tmp_path / "r"
+    rec.mkdir()
+    path = write_records(str(rec / "a.tfrecord"), n=64)
+    faults.corrupt_record(path, offset=os.path.getsize(path) - 40)
+    out = tmp_path / "out"
+    trainer = make_trainer(str(rec / "*.tfrecord"), out, 1000)
+    with pytest.raises(UserError, match="corrupt training records.*saved"):
+        trainer.run()
+    trainer.close()
+    assert any(n.endswith(".index") for n in os.listdir(out))
+
+
+def run_training(args, tmp_path):
+    params = tmp_path / "parameters.json"
+    from model import params as params_lib
+    params_lib.save(tiny_params(""), str(params))
+    cmd = [sys.executable, os.path.join(REPO, "run_training.py"), "--parameter_file", str(params),
+           "--no_progress"] + args
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+@pytest.mark.parametrize("flag,message", [
+    (["--mesh_shape", "banana"], "--mesh_shape"),
+    (["--cpu_devices", "-1"], "--cpu_devices"),
+    (["--max_training_step", "-5"], "--max_training_step"),
+])
+def test_bad_training_flags_are_one_line(records, tmp_path, flag, message):
+    r = run_training(["--input_files", records, "--output_dir", str(tmp_path / "o")] + flag,
+                     tmp_path)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_inputs_and_output_dir_are_one_line(records, tmp_path):
+    empty = faults.empty_record_file(str(tmp_path / "empty.tfrecord"))
+    r = run_training(["--input_files", empty, "--output_dir", str(tmp_path / "o")], tmp_path)
+    assert r.returncode == 2 and "holds no records" in r.stderr, r.stderr
+    r = run_training(["--input_files", str(tmp_path), "--output_dir", str(tmp_path / "o")],
+                     tmp_path)
+    assert r.returncode == 2 and "directory" in r.stderr, r.stderr
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run_training(["--input_files", records, "--output_dir", str(f)], tmp_path)
+    assert r.returncode == 2 and "is a file" in r.stderr, r.stderr
+
+
+def test_mixed_record_lengths_are_refused_up_front(tmp_path):
+    from model import inputs
+    from model.cli import UserError
+    from tests import test_training
+    write_records(str(tmp_path / "a.tfrecord"))
+    old = test_training.C
+    try:
+        test_training.C = 8
+        write_records(str(tmp_path / "b.tfrecord"))
+    finally:
+        test_training.C = old
+    with pytest.raises(UserError, match="b.tfrecord holds examples of 8 tokens"):
+        inputs.check_record_files(str(tmp_path / "*.tfrecord"), 16)
