@@ -379,21 +379,75 @@ def _has_training_state(path, graph):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; it then saves."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step; it then saves.
+
+    A step that does not return (an input pipeline stuck on a slow or empty source)
+    holds the main thread inside TensorFlow, where Python signal handlers never run.
+    So the signal is also delivered through a wakeup socket to a watcher thread,
+    which ends the process GRACE_SECONDS after the signal if the loop has not
+    finished by then; a second signal ends it at once."""
+    GRACE_SECONDS = 20.0
 
     def __init__(self):
         self.requested = False
         self._old = {}
+        self._old_wakeup = None
+        self._done = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
                 pass
+        if self._old:
+            import socket
+            import threading
+            self._reader, writer = socket.socketpair()
+            writer.setblocking(False)
+            self._writer = writer
+            self._old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, daemon=True).start()
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def _watch(self):
+        import select
+        deadline, signum = None, None
+        while not self._done:
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            ready, _, _ = select.select([self._reader], [], [], timeout)
+            if self._done:
+                return
+            if ready:
+                data = self._reader.recv(64)
+                if not data:
+                    self._reader.close()
+                    return
+                for byte in data:
+                    if byte not in (signal.SIGINT, signal.SIGTERM):
+                        continue
+                    if deadline is not None:
+                        self._exit(byte, "second signal")
+                    self.requested, signum = True, byte
+                    deadline = time.time() + self.GRACE_SECONDS
+            elif deadline is not None and time.time() >= deadline:
+                self._exit(signum, "the current step did not finish in %.0f s"
+                           % self.GRACE_SECONDS)
+
+    def _exit(self, signum, why):
+        if self._done:
+            return
+        sys.stderr.write("stopped by signal %d (%s); no checkpoint for the unfinished "
+                         "steps; re-running resumes from the last one\n" % (signum, why))
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     def restore(self):
+        self._done = True
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._writer.close()  # the watcher sees end-of-file and closes its end
+            self._old_wakeup = None
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 

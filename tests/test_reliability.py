@@ -169,3 +169,39 @@ def test_mixed_record_lengths_are_refused_up_front(tmp_path):
         test_training.C = old
     with pytest.raises(UserError, match="b.tfrecord holds examples of 8 tokens"):
         inputs.check_record_files(str(tmp_path / "*.tfrecord"), 16)
+
+
+STUCK = """
+import sys, time
+sys.path.insert(0, %(repo)r)
+from tests.test_training import make_trainer
+from model import train
+train.StopFlag.GRACE_SECONDS = 2.0
+open(%(rec)r, "wb").close()   # empty: a repeating pipeline never yields a batch
+trainer = make_trainer(%(rec)r, %(out)r, 10)
+print("running", flush=True)
+trainer.run()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_whose_input_pipeline_is_stuck(tmp_path):
+    import signal
+    import time
+    script = STUCK % {"repo": REPO, "rec": str(tmp_path / "empty.tfrecord"),
+                      "out": str(tmp_path / "out")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "running"
+    time.sleep(3)
+    assert proc.poll() is None   # stuck, as the empty input makes it
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("SIGTERM did not stop a stuck run within 30 s")
+    assert time.time() - t0 < 15
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by signal" in proc.stderr.read()
