@@ -205,3 +205,30 @@ def test_sigterm_stops_a_run_whose_input_pipeline_is_stuck(tmp_path):
     assert time.time() - t0 < 15
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by signal" in proc.stderr.read()
+
+
+def test_modelconvert_force_never_deletes_the_source_or_foreign_files(tmp_path):
+    from model import convert
+    from model.cli import UserError
+    from tests.tiny_model import make_model_dir, tiny_params as model_params
+    parent = tmp_path / "parent"
+    src = make_model_dir(str(parent / "src"), model_params(num_vocabulary=64))
+    before = sorted(os.listdir(src))
+    with pytest.raises(UserError, match="contains the source"):
+        convert.convert(src, str(parent), add_layers=1, force=True, progress=False)
+    assert sorted(os.listdir(src)) == before
+    old_umask = os.umask(0o022)
+    try:
+        summary_dst = tmp_path / "dst"
+        convert.convert(src, str(summary_dst), add_layers=1, progress=False)
+    finally:
+        os.umask(old_umask)
+    assert os.stat(summary_dst).st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_temperature_must_be_finite_and_positive(value):
+    from model import decoding
+    from model.cli import UserError
+    with pytest.raises(UserError, match="--temperature"):
+        decoding.Sampling(temperature=float(value))
