@@ -334,7 +334,11 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     try:
-        write_checkpoint(tmp, entries, progress)
+        try:
+            write_checkpoint(tmp, entries, progress)  # reads the source tensors lazily
+        except (tf.errors.OpError, IndexError) as e:  # a truncated or empty data shard
+            raise UserError("checkpoint %s is damaged (%s); copy it again"
+                            % (prefix, (str(e).strip() or type(e).__name__).splitlines()[0]))
         params_lib.save(dst_params, tmp)
         params_lib.write_json_atomic(frozen, os.path.join(tmp, IGNORE_FILE))
         check_destination(dst, force, src_dir)  # someone may have created it meanwhile
