@@ -251,3 +251,29 @@ def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path,
     with pytest.raises(UserError, match="damaged|cannot read"):
         convert.convert(src, str(tmp_path / "dst"), add_layers=1, progress=False)
     assert not os.path.exists(tmp_path / "dst")
+
+
+def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
+    import hashlib
+    from model.cli import UserError
+    from model.training_cli import check_record_summaries
+    mp = tiny_params("")["model_params"]
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    files = [write_records(str(rec / "train_0.tfrecord"))]
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("\n".join("t%d" % k for k in range(mp["num_vocabulary"])))
+    good = {"size": mp["num_vocabulary"], "sha256": hashlib.sha256(vocab.read_bytes()).hexdigest()}
+    summary = rec / "train-summary.json"
+    summary.write_text(json.dumps({"complete": False, "vocabulary": good}))
+    with pytest.raises(UserError, match="--allow_incomplete_records"):
+        check_record_summaries(files, mp, str(vocab))
+    check_record_summaries(files, mp, str(vocab), allow_incomplete=True)
+    summary.write_text(json.dumps({"complete": True, "vocabulary": dict(good, size=36000)}))
+    with pytest.raises(UserError, match="36000"):
+        check_record_summaries(files, mp)
+    summary.write_text(json.dumps({"complete": True, "vocabulary": dict(good, sha256="0" * 64)}))
+    with pytest.raises(UserError, match="sha256"):
+        check_record_summaries(files, mp, str(vocab))
+    summary.write_text(json.dumps({"complete": True, "vocabulary": good}))
+    check_record_summaries(files, mp, str(vocab))
