@@ -277,3 +277,22 @@ def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
         check_record_summaries(files, mp, str(vocab))
     summary.write_text(json.dumps({"complete": True, "vocabulary": good}))
     check_record_summaries(files, mp, str(vocab))
+
+
+def test_output_and_input_paths_are_checked_before_work(tmp_path):
+    from model import cli
+    from model.cli import UserError
+    with pytest.raises(UserError, match="is a directory"):
+        cli.check_output_file(str(tmp_path), force=True)
+    with pytest.raises(UserError, match="is a directory"):
+        cli.require_file(str(tmp_path), "input file")
+    cli.check_output_file(str(tmp_path / "new" / "out.jsonl"), force=False)
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(UserError, match="permission denied"):
+                cli.check_output_file(str(locked / "out.jsonl"), force=False)
+        finally:
+            locked.chmod(0o700)
