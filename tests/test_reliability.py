@@ -296,3 +296,19 @@ def test_output_and_input_paths_are_checked_before_work(tmp_path):
                 cli.check_output_file(str(locked / "out.jsonl"), force=False)
         finally:
             locked.chmod(0o700)
+
+
+def test_encode_output_in_a_missing_directory_and_non_utf8_stdin(tmp_path):
+    from tests.test_encoder import Tiny
+    tiny = Tiny(tmp_path, ["今日", "の", "天気", "a", "b"])
+    files = ["--vocabulary", tiny.vocab, "--emoji", tiny.emoji]
+    script = os.path.join(REPO, "encode_swe.py")
+    out = tmp_path / "new" / "dir" / "ids.jsonl"
+    done = subprocess.run([sys.executable, script, "encode", *files, "--output", str(out)],
+                          input="今日".encode(), capture_output=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["ids"]
+    bad = subprocess.run([sys.executable, script, "encode", *files], input=b"a\xff\xfeb",
+                         capture_output=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and b"UTF-8" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
