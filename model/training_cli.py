@@ -101,7 +101,11 @@ def check_vocabulary(path, model_params):
         return
     cli.require_file(path, "vocabulary file")
     with open(path, encoding="utf-8") as f:
-        size = len(f.read().split("\n"))
+        text = f.read()
+    size = len(text.split("\n"))
+    if text.endswith("\n") and size == model_params["num_vocabulary"] + 1:
+        cli.fail("vocabulary %s ends with a newline, which would be an extra empty token; "
+                 "the file must not end with a newline" % path)
     if size != model_params["num_vocabulary"]:
         cli.fail("vocabulary %s has %d ids but the model has num_vocabulary %d; use the "
                  "vocabulary the model was trained with" % (path, size,

@@ -312,3 +312,26 @@ def test_encode_output_in_a_missing_directory_and_non_utf8_stdin(tmp_path):
                          capture_output=True, timeout=120, cwd=REPO)
     assert bad.returncode == 2 and b"UTF-8" in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_get_corpus_output_dir_that_is_a_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("日本語の文章です。\n", encoding="utf-8")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "get_corpus.py"),
+                           "--from", str(src), "--output_dir", str(f),
+                           "--cache_dir", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "is a file" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
+    from model.cli import UserError
+    from model.training_cli import check_vocabulary
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("".join("t%d\n" % k for k in range(40)))
+    with pytest.raises(UserError, match="must not end with a newline"):
+        check_vocabulary(str(vocab), {"num_vocabulary": 40})
