@@ -1096,12 +1096,18 @@ def _check_arguments(args, cli):
         cli.fail("--num_process must be at least 1, got %d" % args.num_process)
     if args.output != "-" and os.path.exists(args.output) and not args.force:
         cli.fail("%s exists; pass --force to overwrite it" % args.output)
+    if args.output != "-":
+        cli.check_output_file(args.output, force=True)
 
 
 def _encoded(args):
     """(name, ids) per input, files in parallel when asked, standard input otherwise."""
     if not args.files:
-        yield "-", load_encoder(args.vocabulary, args.emoji).encode(sys.stdin.read(), args.clean)
+        try:  # the same strictness as for files: bad bytes are an error, not U+FFFD
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            cli.fail("standard input is not UTF-8 text (byte %d); convert it first" % e.start)
+        yield "-", load_encoder(args.vocabulary, args.emoji).encode(text, args.clean)
         return
     yield from encode_files(args.files, args.clean, args.num_process, args.vocabulary,
                             args.emoji, progress=not args.no_progress)
@@ -1139,6 +1145,7 @@ def _write_lines(args, lines):
             sys.stdout.write(line + "\n")
         return
     folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)  # as run_generate does for its --output
     temporary = os.path.join(folder, ".%s.%d.tmp" % (os.path.basename(args.output), os.getpid()))
     try:
         with open(temporary, "w", encoding="utf-8", newline="") as f:

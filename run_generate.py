@@ -85,8 +85,8 @@ def check_args(args):
         cli.fail("--output is for --input_file results; the text goes to stdout")
     if args.input_file:
         cli.require_file(args.input_file, "input file")
-    if args.output and os.path.exists(args.output) and not args.force:
-        cli.fail("output file exists: %s (use --force to overwrite)" % args.output)
+    if args.output:
+        cli.check_output_file(args.output, args.force)
 
 
 def parse_spout(value, num_spout, rng):

@@ -66,8 +66,8 @@ def check_args(args):
         cli.fail("--batch_size must be at least 1, got %d" % args.batch_size)
     if args.input_file:
         cli.require_file(args.input_file, "input file")
-    if args.output and os.path.exists(args.output) and not args.force:
-        cli.fail("output file exists: %s (use --force to overwrite)" % args.output)
+    if args.output:
+        cli.check_output_file(args.output, args.force)
 
 
 class Query:

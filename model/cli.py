@@ -46,8 +46,27 @@ def fail(message):
 
 
 def require_file(path, what, hint=""):
+    if path and os.path.isdir(path):
+        fail("%s %s is a directory, not a file" % (what, path))
     if not path or not os.path.isfile(path):
         fail("%s not found: %s%s" % (what, path, (". " + hint) if hint else ""))
+    if not os.access(path, os.R_OK):
+        fail("cannot read %s %s (permission denied)" % (what, path))
+    return path
+
+
+def check_output_file(path, force, flag="--output"):
+    """Before any work: an output path that is a directory, exists without --force,
+    or sits in a directory that cannot be written is one clear error."""
+    if os.path.isdir(path):
+        fail("%s %s is a directory; give a file name" % (flag, path))
+    if os.path.exists(path) and not force:
+        fail("output file exists: %s (use --force to overwrite)" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # it will be created: check the first existing one
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        fail("cannot write %s %s: %s is not writable (permission denied)" % (flag, path, parent))
     return path
 
 

@@ -269,13 +269,32 @@ def write_checkpoint(folder, entries, progress=True, max_bytes=SHARD_BYTES):
     return prefix
 
 
+# What convert writes into its output directory; --force replaces only such a directory.
+_WRITTEN = re.compile(r"^(parameters\.json|checkpoint|%s|model\.ckpt.*|\.shards)$"
+                      % re.escape(IGNORE_FILE))
+
+
 def check_destination(dst, force, src_dir=None):
-    """Refuse to overwrite DST without force, and never overwrite the source."""
+    """Refuse to overwrite DST without force, and never overwrite the source.
+
+    With force, DST may only be a file or an earlier converted model: a directory
+    holding the source, or anything this tool does not write, is refused."""
     if src_dir and os.path.exists(dst) and os.path.samefile(dst, src_dir):
         raise UserError("--output %s is the source model; write the converted model "
                         "to another directory" % dst)
     if os.path.exists(dst) and not force:
         raise UserError("%s already exists; pass --force to replace it" % dst)
+    if os.path.isdir(dst):
+        if src_dir:
+            real_src, real_dst = os.path.realpath(src_dir), os.path.realpath(dst)
+            if os.path.commonpath([real_src, real_dst]) == real_dst:
+                raise UserError("--output %s contains the source model %s; --force will not "
+                                "delete it: choose another --output" % (dst, src_dir))
+        foreign = sorted(n for n in os.listdir(dst) if not _WRITTEN.match(n))
+        if foreign:
+            raise UserError("--output %s holds %s, which run_modelconvert did not write; "
+                            "--force only replaces an earlier converted model: choose "
+                            "another --output" % (dst, foreign[0]))
 
 
 def replace_path(tmp, dst):
@@ -314,8 +333,16 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(dst), dir=parent)
+    # mkdtemp makes 0700; the finished directory follows the umask like any other output.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
-        write_checkpoint(tmp, entries, progress)
+        try:
+            write_checkpoint(tmp, entries, progress)  # reads the source tensors lazily
+        except (tf.errors.OpError, IndexError) as e:  # a truncated or empty data shard
+            raise UserError("checkpoint %s is damaged (%s); copy it again"
+                            % (prefix, (str(e).strip() or type(e).__name__).splitlines()[0]))
         params_lib.save(dst_params, tmp)
         params_lib.write_json_atomic(frozen, os.path.join(tmp, IGNORE_FILE))
         # The frozen set (not every copied weight): run_finetune.py reads this

@@ -41,8 +41,8 @@ class Sampling:
             raise UserError("--top_k must be >= 0 (0 = no limit), got %d" % top_k)
         if not 0.0 < top_p <= 1.0:
             raise UserError("--top_p must be in (0, 1], got %g" % top_p)
-        if temperature <= 0.0:
-            raise UserError("--temperature must be > 0, got %g" % temperature)
+        if not 0.0 < temperature < float("inf"):  # also refuses nan
+            raise UserError("--temperature must be a finite number > 0, got %g" % temperature)
         self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
         self.banned, self.end_id = tuple(banned), end_id
 

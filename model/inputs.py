@@ -69,16 +69,35 @@ def record_context_length(path):
 
 
 def _check_context_length(files, num_context):
-    """A clear error instead of a parse failure deep inside the input pipeline."""
+    """A clear error instead of a parse failure deep inside the input pipeline:
+    every file's first record must have the model's length (a mix of lengths
+    would otherwise fail mid-run)."""
     for path in files:
         found = record_context_length(path)
-        if found is not None:
-            if found != num_context:
-                raise UserError("%s holds examples of %d tokens but the model uses "
-                                "num_contexts %d; rebuild the records with "
-                                "tools/make_tfrecord.py --num_context %d"
-                                % (path, found, num_context, num_context))
-            return
+        if found is not None and found != num_context:
+            raise UserError("%s holds examples of %d tokens but the model uses "
+                            "num_contexts %d; rebuild the records with "
+                            "tools/make_tfrecord.py --num_context %d"
+                            % (path, found, num_context, num_context))
+
+
+def check_record_files(file_pattern, num_context):
+    """Up-front scan of every input file before a graph is built: a directory, an
+    unreadable or empty file, or records of another length is one clear error
+    (an empty file would otherwise make a repeating pipeline spin forever)."""
+    import os
+    files = list_record_files(file_pattern)
+    for path in files:
+        if os.path.isdir(path):
+            raise UserError("--input_files names a directory, not a record file: %s "
+                            "(use a glob such as %s/*.tfrecord)" % (path, path.rstrip("/")))
+        if "://" not in path and not os.access(path, os.R_OK):
+            raise UserError("cannot read record file %s (permission denied)" % path)
+        if count_records([path]) == 0:
+            raise UserError("record file %s holds no records; remove it or rebuild it "
+                            "with tools/make_tfrecord.py" % path)
+    _check_context_length(files, num_context)
+    return files
 
 
 def read_dataset(file_pattern, batch_size, num_context, shuffle=True, seed=None, repeat=True,

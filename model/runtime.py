@@ -162,7 +162,11 @@ class Forward:
             path = latest_checkpoint(path)
         check_checkpoint(path, self.expected)
         self.session.run(self._init_local)
-        self.saver.restore(self.session, path)
+        try:
+            self.saver.restore(self.session, path)
+        except (tf.errors.OpError, IndexError) as e:  # a truncated or empty data shard
+            raise UserError("checkpoint %s is damaged (%s); copy it again"
+                            % (path, (str(e).strip() or type(e).__name__).splitlines()[0]))
         self.session.run(self._copy)
         return self
 

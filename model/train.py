@@ -6,6 +6,7 @@ bar, checkpoints every N steps / hours and on SIGINT/SIGTERM.
 """
 import os
 import signal
+import sys
 import time
 import types
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class TrainOptions:
     no_token_drop: bool = False        # every token gets its expert in training too
     ignore_parameters: List[str] = field(default_factory=list)  # frozen variable names
     init_checkpoint: Optional[str] = None  # weights to start from when output_dir is empty
+    force: bool = False  # start from scratch over checkpoint files that cannot be restored
     devices: Optional[runtime.Devices] = None
     seed: int = 0
     router_jitter: float = 1e-2
@@ -269,25 +271,47 @@ class Trainer:
 
     # ---- session -----------------------------------------------------------
     def start(self):
-        """Open the session: resume from output_dir, else init (and load init_checkpoint)."""
+        """Open the session: resume from output_dir, else init (and load init_checkpoint).
+
+        Resumes from the newest complete checkpoint on disk whatever the `checkpoint`
+        index says, falling back (with a message) past damaged ones; refuses to
+        initialise over checkpoint files it cannot read unless opts.force."""
+        from model import checkpoints
+        self.lock = checkpoints.OutputLock(self.opts.output_dir).acquire()
         self.session = tf.Session(self.devices.target, graph=self.graph, config=self.devices.config)
-        latest = tf.train.latest_checkpoint(self.opts.output_dir) \
-            if os.path.isdir(self.opts.output_dir) else None
+        good, skipped = checkpoints.candidates(self.opts.output_dir)
         self.session.run(self.init)
+        self.resumed_from = None
+        loaded = None
         with self.graph.as_default():
-            if latest and _has_training_state(latest, self.graph):
-                runtime.check_checkpoint(latest, runtime.expected_variables(self.graph))
-                self.saver.restore(self.session, latest)
-                self.resumed_from = latest
-            elif latest:
-                # Weights only (a converted or released model): start training from them.
-                self._load_weights(latest)
-                self.resumed_from = None
-            elif self.opts.init_checkpoint:
+            for prefix in good:
+                try:
+                    if _has_training_state(prefix, self.graph):
+                        runtime.check_checkpoint(prefix, runtime.expected_variables(self.graph))
+                        self.saver.restore(self.session, prefix)
+                        self.resumed_from = prefix
+                    else:
+                        # Weights only (a converted or released model): start training from them.
+                        self._load_weights(prefix)
+                    loaded = prefix
+                    break
+                except (tf.errors.OpError, IndexError, ValueError) as e:
+                    skipped.append((prefix, checkpoints.readable_error(prefix, e)))
+                    self.session.run(self.init)
+            for prefix, why in skipped:
+                print("skipping checkpoint %s: %s" % (prefix, why), file=sys.stderr)
+            if loaded is None and checkpoints.has_checkpoint_files(self.opts.output_dir) \
+                    and not self.opts.force:
+                self.lock.release()
+                raise UserError("%s holds checkpoint files but none can be restored; "
+                                "repair or move them, or pass --force to start from "
+                                "scratch there" % self.opts.output_dir)
+            if loaded is None and self.opts.init_checkpoint:
                 self._load_weights(self.opts.init_checkpoint)
-                self.resumed_from = None
-            else:
-                self.resumed_from = None
+            if loaded is not None and skipped:
+                print("resuming from %s instead" % loaded, file=sys.stderr)
+        checkpoints.recover_retention(self.saver, self.opts.output_dir,
+                                      self.train_params["max_to_keep_save"])
         self.session.run(self.copy_to_slices)
         return self
 
@@ -322,6 +346,7 @@ class Trainer:
         start_step, last_save, losses = step, time.time(), []
         bar = _progress(step, o.max_training_step, o.progress)
         t0 = time.time()
+        failure = None
         try:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
@@ -330,7 +355,15 @@ class Trainer:
                 want_summary = writer is not None and step % o.log_every == 0
                 if want_summary:
                     fetch.append(self.summaries)
-                values = self.session.run(fetch)
+                try:
+                    values = self.session.run(fetch)
+                except tf.errors.DataLossError as e:
+                    # Save the steps done so far before reporting the corrupt records.
+                    failure = "corrupt training records: %s" % str(e).strip().splitlines()[0]
+                    break
+                except tf.errors.OutOfRangeError:
+                    failure = "the input pipeline yielded no batch: check --input_files"
+                    break
                 step += 1
                 losses.append(float(values[1]))
                 if want_summary:
@@ -350,6 +383,8 @@ class Trainer:
         path = self.save()
         if writer is not None:
             writer.close()
+        if failure:
+            raise UserError("%s (saved %s at step %d)" % (failure, path, step))
         elapsed = time.time() - t0
         return {"checkpoint": path, "step": step, "steps_run": step - start_step,
                 "final_loss": losses[-1] if losses else None,
@@ -359,6 +394,9 @@ class Trainer:
 
     def close(self):
         self.session.close()
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
 
 
 def is_training_state(name):
@@ -374,21 +412,75 @@ def _has_training_state(path, graph):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; it then saves."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step; it then saves.
+
+    A step that does not return (an input pipeline stuck on a slow or empty source)
+    holds the main thread inside TensorFlow, where Python signal handlers never run.
+    So the signal is also delivered through a wakeup socket to a watcher thread,
+    which ends the process GRACE_SECONDS after the signal if the loop has not
+    finished by then; a second signal ends it at once."""
+    GRACE_SECONDS = 20.0
 
     def __init__(self):
         self.requested = False
         self._old = {}
+        self._old_wakeup = None
+        self._done = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
                 pass
+        if self._old:
+            import socket
+            import threading
+            self._reader, writer = socket.socketpair()
+            writer.setblocking(False)
+            self._writer = writer
+            self._old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, daemon=True).start()
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def _watch(self):
+        import select
+        deadline, signum = None, None
+        while not self._done:
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            ready, _, _ = select.select([self._reader], [], [], timeout)
+            if self._done:
+                return
+            if ready:
+                data = self._reader.recv(64)
+                if not data:
+                    self._reader.close()
+                    return
+                for byte in data:
+                    if byte not in (signal.SIGINT, signal.SIGTERM):
+                        continue
+                    if deadline is not None:
+                        self._exit(byte, "second signal")
+                    self.requested, signum = True, byte
+                    deadline = time.time() + self.GRACE_SECONDS
+            elif deadline is not None and time.time() >= deadline:
+                self._exit(signum, "the current step did not finish in %.0f s"
+                           % self.GRACE_SECONDS)
+
+    def _exit(self, signum, why):
+        if self._done:
+            return
+        sys.stderr.write("stopped by signal %d (%s); no checkpoint for the unfinished "
+                         "steps; re-running resumes from the last one\n" % (signum, why))
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     def restore(self):
+        self._done = True
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._writer.close()  # the watcher sees end-of-file and closes its end
+            self._old_wakeup = None
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 

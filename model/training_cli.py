@@ -72,6 +72,32 @@ def add_training_flags(p, input_help="TFRecord shards from tools/make_tfrecord.p
     p.add_argument("--task_index", type=int, default=0, help="this process's worker index")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow_incomplete_records", action="store_true",
+                   help="train on records whose make_tfrecord summary says the run that "
+                        "wrote them was interrupted")
+    p.add_argument("--force", action="store_true",
+                   help="start from scratch in an output directory whose checkpoint files "
+                        "cannot be restored (they are overwritten)")
+
+
+def validate_flags(args, output_dir):
+    """Flag mistakes found before any graph is built."""
+    import math
+    if args.max_training_step < 1:
+        cli.fail("--max_training_step must be at least 1, not %d" % args.max_training_step)
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        cli.fail("--cpu_devices must be at least 1, not %d" % args.cpu_devices)
+    if not math.isfinite(args.max_minutes) or args.max_minutes < 0:
+        cli.fail("--max_minutes must be a finite number >= 0")
+    if args.mesh_shape:
+        from model import mesh as meshlib
+        try:
+            meshlib.parse_mesh_shape(args.mesh_shape)
+        except Exception as e:
+            cli.fail("--mesh_shape %r is not a mesh such as 2x2 or 'batch:2;model:2' (%s)"
+                     % (args.mesh_shape, e))
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        cli.fail("--output_dir %s is a file, not a directory" % output_dir)
 
 
 def parse_frozen(value):
@@ -95,7 +121,11 @@ def check_vocabulary(path, model_params):
         return
     cli.require_file(path, "vocabulary file")
     with open(path, encoding="utf-8") as f:
-        size = len(f.read().split("\n"))
+        text = f.read()
+    size = len(text.split("\n"))
+    if text.endswith("\n") and size == model_params["num_vocabulary"] + 1:
+        cli.fail("vocabulary %s ends with a newline, which would be an extra empty token; "
+                 "the file must not end with a newline" % path)
     if size != model_params["num_vocabulary"]:
         cli.fail("vocabulary %s has %d ids but the model has num_vocabulary %d; use the "
                  "vocabulary the model was trained with" % (path, size,
@@ -138,17 +168,60 @@ def records_train_mode(file_pattern, sample=256):
     return "lm"
 
 
+def check_record_summaries(files, model_params, vocabulary=None, allow_incomplete=False):
+    """Compare make_tfrecord's <name>-summary.json in each records directory with the
+    model: an interrupted run, or records of another vocabulary, are refused."""
+    import glob
+    import hashlib
+    folders = sorted({os.path.dirname(f) for f in files if "://" not in f})
+    vocab_sha = None
+    if vocabulary:
+        with open(vocabulary, "rb") as f:
+            vocab_sha = hashlib.sha256(f.read()).hexdigest()
+    unchecked = []
+    for folder in folders:
+        summaries = sorted(glob.glob(os.path.join(folder, "*-summary.json")))
+        if not summaries:
+            unchecked.append(folder)
+        for path in summaries:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    summary = json.load(f)
+            except (OSError, ValueError) as e:
+                cli.fail("cannot read the records summary %s (%s)" % (path, e))
+            if summary.get("complete") is False and not allow_incomplete:
+                cli.fail("%s says the make_tfrecord run that wrote these records did not "
+                         "finish; rebuild them, or pass --allow_incomplete_records" % path)
+            vocab = summary.get("vocabulary") or {}
+            size = vocab.get("size")
+            if size is not None and size != model_params["num_vocabulary"]:
+                cli.fail("records in %s were made with a vocabulary of %d ids but the model "
+                         "has num_vocabulary %d (%s)" % (folder, size,
+                                                         model_params["num_vocabulary"], path))
+            if vocab_sha and vocab.get("sha256") and vocab["sha256"] != vocab_sha:
+                cli.fail("records in %s were made with another vocabulary than %s (sha256 "
+                         "differs; %s)" % (folder, vocabulary, path))
+    if unchecked:
+        print("note: no make_tfrecord summary in %s: completeness and vocabulary of the "
+              "records cannot be checked" % ", ".join(unchecked), file=sys.stderr)
+
+
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
     """Shared by run_training.py and run_finetune.py: build options, train, report."""
     from model import train
 
+    validate_flags(args, output_dir)
     check_vocabulary(args.vocabulary, params["model_params"])
+    from model import inputs
+    files = inputs.check_record_files(args.input_files, params["model_params"]["num_contexts"])
+    check_record_summaries(files, params["model_params"], args.vocabulary,
+                           args.allow_incomplete_records)
     # Inference scripts fill masks only for train_mode hybrid; an existing value
     # (a released or resumed directory) is kept.
     if "train_mode" not in params["model_params"]:
         params["model_params"]["train_mode"] = records_train_mode(args.input_files)
     opts = train.TrainOptions(
-        params=params, input_files=args.input_files, output_dir=output_dir,
+        params=params, force=args.force, input_files=args.input_files, output_dir=output_dir,
         max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
         spout_vector=args.spout_vector,
         optimizer=args.optimizer, use_bfloat16=args.use_bfloat16,

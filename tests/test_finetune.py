@@ -202,8 +202,13 @@ def test_conversion_refuses_to_overwrite_without_force(plain_source, tmp_path):
     with pytest.raises(UserError):
         convert.convert(plain_source, str(dst), add_layers=1, progress=False)
 
+    # --force replaces only an earlier converted model, never files it did not write.
+    with pytest.raises(UserError, match="keep.txt"):
+        convert.convert(plain_source, str(dst), add_layers=1, force=True, progress=False)
+    assert sorted(os.listdir(dst)) == ["keep.txt"]
+    os.remove(dst / "keep.txt")
     convert.convert(plain_source, str(dst), add_layers=1, force=True, progress=False)
-    assert "keep.txt" not in os.listdir(dst)
+    convert.convert(plain_source, str(dst), add_layers=1, force=True, progress=False)
     assert paramslib.load(str(dst))["model_params"]["num_ext_layers"] == 1
     # Nothing but the result is left beside it (the temporary directory is gone).
     assert os.listdir(tmp_path) == ["dst"]

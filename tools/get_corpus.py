@@ -834,6 +834,10 @@ def build_shard(args, source, kind, deb, dedup, use_groff):
 
 
 def main(args):
+    for flag in ("output_dir", "heldout_dir"):
+        folder = getattr(args, flag, None)
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            cli.fail("--%s %s is a file, not a directory" % (flag, folder))
     train, held = plan_shards(args)
     groups = [("training", [s[1] for s in train]), ("held-out", [s[1] for s in held])]
     todo = [s for s in train + held if args.force or not os.path.isfile(s[1])]
