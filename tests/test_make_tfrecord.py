@@ -181,11 +181,15 @@ def test_mlm_prefix_fills_the_context():
     tokens = random_text_tokens(np.random.default_rng(3), 200)
     examples, _ = layout(tokens, mode="mlm", num_context=32, num_mask=0.0)
     start = 0
+    # released: the segmenter at num_context - 2, then one LM token, whose successor is
+    # the last target (shared/reference records/mlm: num_input is 62 of 64 in every record)
     for ex in examples[:-1]:
-        assert ex.num_input == 31 and ex.x[31] == SEG
+        assert ex.num_input == 30 and ex.x[30] == SEG
+        assert list(ex.x[1:30]) == tokens[start:start + 29]
+        assert ex.x[31] == tokens[start + 29] and ex.y[30] == tokens[start + 29]
+        assert ex.y[31] == tokens[start + 30]
+        assert np.all(ex.y[:30] == -1)  # no masks: no loss in the prefix
         start += 30
-        assert ex.y[31] == tokens[start]  # the segmenter predicts the next token
-        assert np.all(ex.y[:31] == -1)  # no masks: no loss in the prefix
     last = examples[-1]
     assert last.x[last.num_input + 1] == EOT and last.y[last.num_input] == EOT
 
