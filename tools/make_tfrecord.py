@@ -1029,7 +1029,10 @@ def build_parser():
     p.add_argument("--use_nextsent", action="store_true", help="add the next-sentence part")
     p.add_argument("--num_context", type=int, default=1280, help="tokens per example")
     p.add_argument("--clean_text", action="store_true",
-                   help="encode with cleaning (<URL>, <EMAIL>, <DATE>, ...)")
+                   help="encode the whole text, prefix and LM part alike, with cleaning "
+                        "(URLs, e-mail addresses, dates, ... become <URL>, <EMAIL>, <DATE>, "
+                        "...); off: the text is encoded as written. (The released tool "
+                        "cleaned the LM part only; that split is not reproduced.)")
     p.add_argument("--num_process", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--block_mb", type=float, default=8.0,
