@@ -834,3 +834,50 @@ def test_released_layout_rules_hold_in_the_golden_records():
                 assert n == 1
             if mode == "mlm":
                 assert n == 62  # our mlm rule: the segmenter at num_context - 2
+
+
+def test_released_layout_accumulates_lines_and_cuts_the_rest(tf, tmp_path):
+    # lines of 5 letters + <BR> = 6 tokens; num_context 16 in lm mode holds 13 LM tokens
+    # (SOT, SEG, then 13 with the 14th as the last target): lines gather until they reach
+    # 16 tokens (3 lines = 18), one example is laid out and the 5 tokens left are lost
+    lines = ["abcde", "fghij", "klmno", "pqrst", "uvwxy", "abcab", "cdeab"]
+    write(tmp_path / "a.txt", "\n".join(lines[:4]) + "\n\n\n" + "\n".join(lines[4:]) + "\n")
+    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode="lm",
+                         num_context=16, layout="released")
+    records = read_records(tf, os.path.join(out, *shards))
+    br = ENC.ids["<BR>"]
+    text = [t for line in lines for t in ids(line) + [br]]
+    assert len(records) == 3  # texts of 18, 18 and the 6 left at the end
+    assert records[0]["x"] == [SOT, SEG] + text[:14]
+    assert records[0]["y"] == [-1] + text[:15]
+    # the second example starts at the fourth line: the rest of the third is cut, and the
+    # document boundary after the fourth line leaves no trace
+    assert records[1]["x"] == [SOT, SEG] + text[18:32]
+    assert records[2]["x"][:9] == [SOT, SEG] + text[36:42] + [EOT]
+
+
+@pytest.mark.parametrize("mode", ["lm", "mlm", "hybrid"])
+def test_released_layout_on_the_golden_input_keeps_the_golden_rules(
+        released_vocabulary, tf, tmp_path, mode):
+    import json
+    path = released_records_dir()
+    out = str(tmp_path / "out")
+    done = cli("--input_files", os.path.join(path, "input", "single", "*.txt"), "--mode", mode,
+               "--num_context", "64", "--layout", "released", "--output_dir", out,
+               "--no_progress", *released_vocabulary)
+    assert done.returncode == 0, done.stderr
+    ours = [r for name in sorted(glob.glob(os.path.join(out, "*.tfrecord")))
+            for r in read_records(tf, name)]
+    golden = [json.loads(line) for line in
+              open(os.path.join(path, mode, "%s_0000.jsonl" % mode))]
+
+    def rules(x, n):
+        return (x[0] == 35993, x[n] == 35998, len(x) == 64,
+                n == 1 if mode == "lm" else n == 62 if mode == "mlm" else 1 <= n <= 62)
+    for r in golden:
+        assert all(rules(r["x"], r["num_input"]))
+    for r in ours[:-1]:  # the last may be the short text left at the end
+        assert all(rules(r["x"], r["num_input"][0])), r
+        assert 35996 not in r["x"]  # no <|nottoken|> padding in a full example
+    # the ids run 0, 1, 2, ... as released with one process
+    assert [r["i"][0] for r in ours] == list(range(len(ours)))
