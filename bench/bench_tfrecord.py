@@ -1,10 +1,17 @@
-"""make_tfrecord throughput: MB of input text per second at 1 and 2 processes.
+"""make_tfrecord throughput: MB of input text per second at 1 and 2 processes, and the
+share of padding positions per --layout.
 
 Input: all of shared/corpus/ja-docs-train (15 MB) (beside the repository), hybrid mode with
 the next-sentence part, num_context 1280, shards written to a temporary folder. The
 first row is the encoder alone on the same text, the ceiling for one process; a run's
 time includes starting its worker processes. Rates per CPU-second (this process and its
 workers) do not depend on what else the machine runs; wall-clock rates show the scaling.
+
+Layout rows: the same text laid out (hybrid, num_context 1280, dry run) with --layout
+document (one document per example, padded: the layout before packing) and --layout pack.
+"positions with a target" is the share of the batch's positions that carry a loss; a
+training step costs the same whatever the token values (fixed shapes), so training tokens
+per second counted over positions with a target scale by exactly that share.
 """
 import functools
 import os
@@ -63,6 +70,30 @@ def convert_seconds(files, factory, num_process, block_bytes):
         return time.perf_counter() - wall, cpu_seconds() - cpu, stats
 
 
+def layout_shares(files, factory, block_bytes, layout):
+    """(padding share, target share, examples) of the text laid out by `layout`."""
+    options = mt.LayoutOptions("hybrid", 1280, layout=layout)
+    job = mt.Job(options, factory, seed=0, output_dir=None, name="bench")
+    stats, _ = mt.convert(files, job, 1, block_bytes, progress=False)
+    positions = stats["examples"] * 1280
+    return stats["padding_tokens"] / positions, stats["target_tokens"] / positions, stats
+
+
+def layout_rows(files, factory, block_bytes, steps_per_second=None):
+    rows = []
+    document = layout_shares(files, factory, block_bytes, "document")
+    pack = layout_shares(files, factory, block_bytes, "pack")
+    rows.append(dict(what="padding positions, --layout pack (vs document), %d vs %d examples"
+                     % (pack[2]["examples"], document[2]["examples"]),
+                     ours=100 * pack[0], baseline=100 * document[0],
+                     ratio=None if not document[0] else pack[0] / document[0], unit="%"))
+    rows.append(dict(what="positions with a target = training tokens/s counted over targets "
+                          "per position/s, --layout pack (vs document)",
+                     ours=100 * pack[1], baseline=100 * document[1],
+                     ratio=pack[1] / document[1], unit="%"))
+    return rows
+
+
 def run(quick=False):
     names = QUICK_FILES if quick else FULL_FILES or sorted(
         n for n in (os.listdir(CORPUS) if os.path.isdir(CORPUS) else []) if n.endswith(".txt"))
@@ -85,7 +116,7 @@ def run(quick=False):
         return dict(what=label, ours=ours, baseline=baseline,
                     ratio=None if baseline is None else ours / baseline, unit=unit)
     # CPU-second rates hold whatever else the machine runs; wall rates show the scaling
-    return [
+    return layout_rows(files, factory, block_bytes) + [
         row("encode_swe alone, same text", alone, None, "MB/CPU-s"),
         row(what + "1 process (vs encoder alone)", megabytes / one_cpu, alone, "MB/CPU-s"),
         row(what + "2 processes (vs 1 process)", megabytes / two_cpu, megabytes / one_cpu,

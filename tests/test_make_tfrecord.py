@@ -181,11 +181,15 @@ def test_mlm_prefix_fills_the_context():
     tokens = random_text_tokens(np.random.default_rng(3), 200)
     examples, _ = layout(tokens, mode="mlm", num_context=32, num_mask=0.0)
     start = 0
+    # released: the segmenter at num_context - 2, then one LM token, whose successor is
+    # the last target (shared/reference records/mlm: num_input is 62 of 64 in every record)
     for ex in examples[:-1]:
-        assert ex.num_input == 31 and ex.x[31] == SEG
+        assert ex.num_input == 30 and ex.x[30] == SEG
+        assert list(ex.x[1:30]) == tokens[start:start + 29]
+        assert ex.x[31] == tokens[start + 29] and ex.y[30] == tokens[start + 29]
+        assert ex.y[31] == tokens[start + 30]
+        assert np.all(ex.y[:30] == -1)  # no masks: no loss in the prefix
         start += 30
-        assert ex.y[31] == tokens[start]  # the segmenter predicts the next token
-        assert np.all(ex.y[:31] == -1)  # no masks: no loss in the prefix
     last = examples[-1]
     assert last.x[last.num_input + 1] == EOT and last.y[last.num_input] == EOT
 
@@ -629,3 +633,251 @@ def test_cli_with_the_real_encoder(released_vocabulary, tf, tmp_path):
     forced = cli(*common, "--output_dir", out, "--use_nextsent", "--force")
     assert forced.returncode == 0 and shard_bytes(out) == written
     assert not os.path.exists(stale) and os.path.exists(mine)
+
+
+# ---------------------------------------------------------------- packing
+def text_of(record):
+    """(prefix tokens, LM targets) of a record without masks: the LM targets are
+    y[num_input:num_input + m] for the m LM tokens in x after the segmenter; in a full
+    example the one target after them is the next example's first token."""
+    x, y, n = np.asarray(record["x"]), np.asarray(record["y"]), record["num_input"][0]
+    m = int(np.count_nonzero(x[n + 1:] != NOT))
+    return [int(t) for t in x[1:n]], [int(t) for t in y[n:n + m]]
+
+
+@pytest.mark.parametrize("mode", ["lm", "hybrid", "mlm"])
+def test_packing_loses_no_token_and_pads_only_at_the_file_end(tf, tmp_path, mode):
+    # letters without runs of three (no <|bagoftoken|>) and no sentence ends, so the
+    # records' text must be the documents joined with <|endoftext|>, one to one
+    rng = np.random.default_rng(5)
+    docs = ["".join(ENC.tokens[t] for t in random_text_tokens(rng, int(rng.integers(1, 50))))
+            for _ in range(25)]
+    write(tmp_path / "a.txt", "\n\n\n".join(docs))
+    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode=mode,
+                         num_context=16, layout="pack", num_mask=0.0)
+    records = read_records(tf, os.path.join(out, *shards))
+    text = []
+    for r in records:
+        prefix, targets = text_of(r)
+        text += prefix + targets
+    assert text == [t for d in docs for t in ids(d) + [EOT]]
+    pads = [r["x"].count(NOT) for r in records]
+    assert pads[:-1] == [0] * (len(records) - 1)
+    assert sum(r["x"].count(EOT) for r in records) == len(docs)
+
+
+def test_document_layout_pads_each_document(tf, tmp_path):
+    write(tmp_path / "a.txt", "abc\n\n\ndefg\n")
+    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode="lm",
+                         num_context=16, layout="document")
+    records = read_records(tf, os.path.join(out, *shards))
+    assert len(records) == 2
+    assert [r["x"].count(NOT) for r in records] == [16 - 6, 16 - 7]
+
+
+# ---------------------------------------------------------------- summary and failures
+def test_summary_is_complete_and_records_the_vocabulary(released_vocabulary, tmp_path):
+    import hashlib
+    import json
+    write(tmp_path / "a.txt", "今日は晴れです。明日は雨でしょう。\n\n\n二つ目の文書です。")
+    out = str(tmp_path / "out")
+    done = cli("--input_files", str(tmp_path / "a.txt"), "--output_dir", out,
+               "--num_context", "32", "--no_progress", *released_vocabulary)
+    assert done.returncode == 0, done.stderr
+    summary = json.load(open(os.path.join(out, "train-summary.json"), encoding="utf-8"))
+    vocab, emoji = released_vocabulary[1], released_vocabulary[3]
+    assert summary["complete"] is True
+    assert summary["vocabulary"] == {
+        "size": len(open(vocab, encoding="utf-8").read().split("\n")),
+        "sha256": hashlib.sha256(open(vocab, "rb").read()).hexdigest(),
+        "emoji_sha256": hashlib.sha256(open(emoji, "rb").read()).hexdigest()}
+
+
+def test_a_failed_run_cleans_up_so_the_retry_is_not_refused(released_vocabulary, tmp_path):
+    write(tmp_path / "empty.txt", "\n\n")
+    out = tmp_path / "out"
+    failed = cli("--input_files", str(tmp_path / "empty.txt"), "--output_dir", str(out),
+                 "--no_progress", *released_vocabulary)
+    assert failed.returncode == 2 and "no examples" in failed.stderr
+    assert not out.exists() or os.listdir(out) == []
+    write(tmp_path / "a.txt", "文書です。")
+    retry = cli("--input_files", str(tmp_path / "a.txt"), "--output_dir", str(out),
+                "--no_progress", *released_vocabulary)
+    assert retry.returncode == 0, retry.stderr
+
+
+def test_an_incomplete_output_of_ours_is_replaced_but_nothing_else(tmp_path):
+    import json
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train-summary.json").write_text(json.dumps({"complete": False}))
+    (out / "train-00000-00000.tfrecord").write_bytes(b"partial")
+    assert mt.prepare_output_dir(str(out), False, "train") is True
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match="not empty"):
+        mt.prepare_output_dir(str(out), False, "train")
+    (out / "notes.txt").unlink()
+    (out / "train-summary.json").write_text(json.dumps({"complete": True}))
+    with pytest.raises(UserError, match="not empty"):
+        mt.prepare_output_dir(str(out), False, "train")
+
+
+def test_sigterm_leaves_an_incomplete_summary_and_no_partial_shard(released_vocabulary,
+                                                                    tmp_path):
+    import json
+    import signal as signal_lib
+    rng = np.random.default_rng(0)
+    lines = ["".join(rng.choice(list("今日は晴れです明日雨でしょう"), 60)) + "。"
+             for _ in range(20000)]
+    for k in range(4):
+        write(tmp_path / ("a%d.txt" % k), "\n".join(lines))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--input_files", str(tmp_path / "a*.txt"),
+                             "--output_dir", str(out), "--no_progress", "--block_mb", "0.5",
+                             *released_vocabulary], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    summary = out / "train-summary.json"
+    deadline = time.time() + 60
+    while not summary.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert summary.exists(), "no incomplete summary before the first shard"
+    assert json.loads(summary.read_text())["complete"] is False
+    time.sleep(1.0)
+    proc.send_signal(signal_lib.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal_lib.SIGTERM, err
+    assert len(err.strip().splitlines()) == 1 and "incomplete" in err
+    assert json.loads(summary.read_text())["complete"] is False
+    assert not glob.glob(str(out / "*.tmp"))
+    retry = cli("--input_files", str(tmp_path / "a0.txt"), "--output_dir", str(out),
+                "--no_progress", *released_vocabulary, timeout=300)
+    assert retry.returncode == 0, retry.stderr
+    assert json.loads(summary.read_text())["complete"] is True
+
+
+def test_running_record_ids_without_a_csv(tf, tmp_path):
+    write(tmp_path / "a.txt", "abcdefghij" * 20)
+    write(tmp_path / "b.txt", "abcdefghij" * 20)
+    files = mt.files_from_globs(str(tmp_path / "*.txt"))
+    options = mt.LayoutOptions(mode="lm", num_context=16)
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    job = mt.Job(options, char_encoder, 0, False, out, "t", running_ids=True)
+    _, shards = mt.convert(files, job, 1, 1 << 20, progress=False)
+    ids_a = [r["i"][0] for r in read_records(tf, os.path.join(out, "t-00000-00000.tfrecord"))]
+    ids_b = [r["i"][0] for r in read_records(tf, os.path.join(out, "t-00001-00000.tfrecord"))]
+    # released: num_written * num_process + process, with two blocks as the two "processes"
+    assert ids_a == [2 * k for k in range(len(ids_a))]
+    assert ids_b == [2 * k + 1 for k in range(len(ids_b))]
+
+
+# ---------------------------------------------------------------- released records
+def released_records_dir():
+    path = os.path.join(os.path.dirname(REPO), "shared", "reference", "released", "records")
+    if not os.path.isdir(path):
+        pytest.skip("released records not found: %s" % path)
+    return path
+
+
+def test_released_records_read_by_model_inputs(tf):
+    import json
+    from model import inputs
+    path = os.path.join(released_records_dir(), "hybrid")
+    golden = [json.loads(line) for line in open(os.path.join(path, "hybrid_0000.jsonl"))]
+    ds = inputs.read_dataset(os.path.join(path, "hybrid_0000.tfrecord"), 5, 64,
+                             shuffle=False, repeat=False)
+    get = tf.data.make_one_shot_iterator(ds).get_next()
+    seen = []
+    with tf.Session() as sess:
+        while True:
+            try:
+                batch = sess.run(get)
+            except tf.errors.OutOfRangeError:
+                break
+            for j in range(len(batch["x"])):
+                seen.append((list(batch["x"][j]), list(batch["y"][j]),
+                             int(batch["num_input"][j]), int(batch["i"][j])))
+    assert len(seen) == len(golden) == 75
+    for got, want in zip(seen, golden):
+        assert got == (want["x"], want["y"], want["num_input"], want["i"])
+
+
+def test_our_records_match_the_released_feature_spec(tf, tmp_path):
+    write(tmp_path / "a.txt", "abc。def\n\n\nghi")
+    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path,
+                         mode="hybrid", num_context=16)
+    # the released input_fn's parse spec
+    spec = {"x": tf.io.FixedLenFeature([16], tf.int64), "y": tf.io.FixedLenFeature([16], tf.int64),
+            "i": tf.io.FixedLenFeature([1], tf.int64),
+            "num_input": tf.io.FixedLenFeature([1], tf.int64)}
+    count = 0
+    for data in tf.io.tf_record_iterator(os.path.join(out, *shards)):
+        with tf.Session() as sess:
+            parsed = sess.run(tf.io.parse_single_example(data, spec))
+        assert parsed["x"].shape == (16,) and parsed["i"].shape == (1,)
+        count += 1
+    assert count >= 1
+
+
+def test_released_layout_rules_hold_in_the_golden_records():
+    """The rules our layout shares with the released one, checked on its records."""
+    import json
+    path = released_records_dir()
+    for variant, mode in (("lm", "lm"), ("mlm", "mlm"), ("hybrid", "hybrid")):
+        golden = [json.loads(line) for line in
+                  open(os.path.join(path, variant, "%s_0000.jsonl" % mode))]
+        for r in golden:
+            x, n = r["x"], r["num_input"]
+            assert x[0] == 35993 and x[n] == 35998  # <|startoftext|> ... <|segmenter|>
+            if mode == "lm":
+                assert n == 1
+            if mode == "mlm":
+                assert n == 62  # our mlm rule: the segmenter at num_context - 2
+
+
+def test_released_layout_accumulates_lines_and_cuts_the_rest(tf, tmp_path):
+    # lines of 5 letters + <BR> = 6 tokens; num_context 16 in lm mode holds 13 LM tokens
+    # (SOT, SEG, then 13 with the 14th as the last target): lines gather until they reach
+    # 16 tokens (3 lines = 18), one example is laid out and the 5 tokens left are lost
+    lines = ["abcde", "fghij", "klmno", "pqrst", "uvwxy", "abcab", "cdeab"]
+    write(tmp_path / "a.txt", "\n".join(lines[:4]) + "\n\n\n" + "\n".join(lines[4:]) + "\n")
+    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode="lm",
+                         num_context=16, layout="released")
+    records = read_records(tf, os.path.join(out, *shards))
+    br = ENC.ids["<BR>"]
+    text = [t for line in lines for t in ids(line) + [br]]
+    assert len(records) == 3  # texts of 18, 18 and the 6 left at the end
+    assert records[0]["x"] == [SOT, SEG] + text[:14]
+    assert records[0]["y"] == [-1] + text[:15]
+    # the second example starts at the fourth line: the rest of the third is cut, and the
+    # document boundary after the fourth line leaves no trace
+    assert records[1]["x"] == [SOT, SEG] + text[18:32]
+    assert records[2]["x"][:9] == [SOT, SEG] + text[36:42] + [EOT]
+
+
+@pytest.mark.parametrize("mode", ["lm", "mlm", "hybrid"])
+def test_released_layout_on_the_golden_input_keeps_the_golden_rules(
+        released_vocabulary, tf, tmp_path, mode):
+    import json
+    path = released_records_dir()
+    out = str(tmp_path / "out")
+    done = cli("--input_files", os.path.join(path, "input", "single", "*.txt"), "--mode", mode,
+               "--num_context", "64", "--layout", "released", "--output_dir", out,
+               "--no_progress", *released_vocabulary)
+    assert done.returncode == 0, done.stderr
+    ours = [r for name in sorted(glob.glob(os.path.join(out, "*.tfrecord")))
+            for r in read_records(tf, name)]
+    golden = [json.loads(line) for line in
+              open(os.path.join(path, mode, "%s_0000.jsonl" % mode))]
+
+    def rules(x, n):
+        return (x[0] == 35993, x[n] == 35998, len(x) == 64,
+                n == 1 if mode == "lm" else n == 62 if mode == "mlm" else 1 <= n <= 62)
+    for r in golden:
+        assert all(rules(r["x"], r["num_input"]))
+    for r in ours[:-1]:  # the last may be the short text left at the end
+        assert all(rules(r["x"], r["num_input"][0])), r
+        assert 35996 not in r["x"]  # no <|nottoken|> padding in a full example
+    # the ids run 0, 1, 2, ... as released with one process
+    assert [r["i"][0] for r in ours] == list(range(len(ours)))

@@ -250,11 +250,15 @@ def vocab_size(vocabulary, emoji):
     return len(encode_swe.load_encoder(vocabulary, emoji))
 
 
+RECORDS_LAYOUT = "pack"  # every position holds text: no compute spent on padding
+
+
 def make_records(key, output_dir, inputs_flag, inputs, mode, C, name, vocab_flags, extra=()):
     if check_cache(output_dir, key, records_complete):
         return
     run([script("tools/make_tfrecord.py"), inputs_flag, inputs, "--output_dir", output_dir,
-         "--mode", mode, "--num_context", str(C), "--name", name] + vocab_flags + list(extra))
+         "--mode", mode, "--num_context", str(C), "--name", name, "--layout", RECORDS_LAYOUT]
+        + vocab_flags + list(extra))
     write_stamp(output_dir, key)
 
 
@@ -328,12 +332,14 @@ def main(args):
     corpus_files = sorted(glob.glob(os.path.join(glob.escape(corpus), "*.txt")))
     if not corpus_files:
         cli.fail("no corpus text in %s" % corpus)
-    make_records(dict(vocab_key, num_contexts=C, corpus_sha256=file_sha256(*corpus_files)),
+    make_records(dict(vocab_key, num_contexts=C, layout=RECORDS_LAYOUT,
+                      corpus_sha256=file_sha256(*corpus_files)),
                  records, "--input_files", os.path.join(corpus, "*.txt"), "hybrid", C, "train",
                  vocab_flags, ["--num_process", "2"])
     heldout_files = sorted(glob.glob(os.path.join(glob.escape(heldout), "*.txt")))
     if heldout_files:
-        make_records(dict(vocab_key, num_contexts=C, corpus_sha256=file_sha256(*heldout_files)),
+        make_records(dict(vocab_key, num_contexts=C, layout=RECORDS_LAYOUT,
+                          corpus_sha256=file_sha256(*heldout_files)),
                      heldout_records, "--input_files", os.path.join(heldout, "*.txt"), "lm", C,
                      "heldout", vocab_flags)
 
@@ -376,7 +382,7 @@ def main(args):
 
     step("6. two classes of documents; add 2 extension layers and a spout; fine-tune")
     class_files, class_shares = write_class_files(corpus, class_dir)
-    class_key = dict(vocab_key, num_contexts=C,
+    class_key = dict(vocab_key, num_contexts=C, layout=RECORDS_LAYOUT,
                      classes_sha256=file_sha256(*(class_files["train"] + class_files["heldout"])))
     make_records(class_key, class_records, "--input_csv",
                  write_csv(os.path.join(work, "demo-classes.csv"), class_files["train"]),

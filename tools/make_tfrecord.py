@@ -9,15 +9,32 @@ Inputs (exactly one of):
                                       examples w times (2.5 = two passes plus a pass that
                                       keeps each example with probability 0.5)
 Relative paths in a list or CSV are taken from the list's folder, else the current one.
-Without a CSV, `i` is the file's position in the input list (0-based).
+Without a CSV, `i` is a running record id, as the released tool writes it
+(num_written * num_process + process): here a "process" is one block of input (see
+Output), so i = (records before it in its block) * (number of blocks) + (the block's
+position among all blocks); ids are distinct and independent of --num_process.
 
 Documents: within a file, documents are separated by two or more blank lines (the corpus
 convention "\\n\\n\\n"); a single blank line is a paragraph break inside a document. Lines
 join with the <BR> token (a document is encoded as one text; the encoder writes "\\n" as
-<BR>). Each example holds text of one document only: a long document is split into as
-many examples as it needs, and the last (or only) one is padded with <|nottoken|> (y = -1
-there). Short documents are padded, not packed, so <|endoftext|> only ever stands at a
-document's real end.
+<BR>). --layout decides how documents fill examples:
+  pack (default)  the documents of a block are joined with <|endoftext|> into one text and
+                  every example is filled to the full context with consecutive text; what
+                  does not fit carries over into the next example, so no token is lost and
+                  only the last example of each block (8 MiB of input by default, so the
+                  end of every smaller file) holds <|nottoken|> padding.
+  released        the released accumulation: consecutive lines of a block (each line and
+                  its <BR>) are collected until they fill the context, laid out as one
+                  example, and the rest of the last line is cut (lost); documents are
+                  not separated; the text left at the block's end makes a last, padded
+                  example. It follows the released rules as described, but its record
+                  count on the released test input is not yet the released one (97 vs
+                  74 records from the same 300 lines), so it does not reproduce the
+                  released data record for record.
+  document        each example holds text of one document only: a long document is split
+                  into as many examples as it needs and the last (or only) one is padded
+                  with <|nottoken|> (y = -1 there), so <|endoftext|> only ever stands at a
+                  document's real end.
 
 Example layout (num_context positions):
   x = [<|startoftext|>] + [next sentence, <|separator|>]  (only with --use_nextsent)
@@ -29,7 +46,8 @@ Example layout (num_context positions):
   text, else <|endoftext|>), and every LM position from the segmenter on. When a
   document continues in the next example, the last LM position predicts its next token.
   num_input = the index of <|segmenter|> = the bidirectional prefix length.
-Prefix: `lm` none; `mlm` as much as fits (the segmenter then sits last); `hybrid`: with
+Prefix: `lm` none; `mlm` as much as fits with one LM token after the segmenter (released:
+the segmenter sits at num_context - 2); `hybrid`: with
 probability --hybrid_rate a prefix of length uniform in [0, min(num_context-2, n+1)) where
 n is the document text left, clipped to what fits; otherwise none. Each prefix token is
 masked with probability --num_mask (at most --max_mask per example): 80% become
@@ -56,6 +74,10 @@ document is kept), and skipped lines, empty files, listed files that are missing
 unreadable and malformed CSV rows are counted in the summary.
 """
 import csv
+import dataclasses
+import hashlib
+import itertools
+import signal
 import functools
 import glob
 import json
@@ -74,9 +96,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from model import cli  # noqa: E402
+from model.atomic import write_json_atomic  # noqa: E402
 
 SENTENCE_END = "。｡．.？！?!:：;；"
 MODES = ("lm", "mlm", "hybrid")
+LAYOUTS = ("pack", "document", "released")
 SUMMARY_SUFFIX = "-summary.json"
 MIN_CONTEXT = 16
 NEXTSENT_POOL = 1024          # sentences kept to draw "not the next sentence" from
@@ -104,16 +128,18 @@ class TokenTable:
                 self.sentence_end[token] = True
         self.sentence_boundary = self.sentence_end.copy()
         self.sentence_boundary[self.br] = True
+        self.sentence_boundary[self.eot] = True  # packed text: a document's end ends a sentence
 
 
 @dataclass(frozen=True)
 class LayoutOptions:
     mode: str = "hybrid"
     num_context: int = 1280
-    hybrid_rate: float = 0.5
+    hybrid_rate: float = 1.0
     num_mask: float = 0.08
     max_mask: int = 100
     use_nextsent: bool = False
+    layout: str = "pack"
 
     @property
     def nextsent_cap(self):
@@ -255,8 +281,8 @@ def take_nextsent(doc, start, rng, pool, opts):
 
 
 def prefix_length(opts, rng, available, room):
-    if opts.mode == "mlm":
-        return min(available, room)
+    if opts.mode == "mlm":  # released: the segmenter at num_context - 2, one LM token after
+        return min(available, room - 1)
     if opts.mode == "hybrid" and rng.random() < opts.hybrid_rate:
         drawn = int(rng.integers(0, min(opts.num_context - 2, available + 1)))
         return min(drawn, room)
@@ -546,12 +572,17 @@ def serialize_examples(features):
 
 
 class ShardWriter:
-    """Buffers examples and writes them as TFRecords to `<path>.tmp`; commit() renames."""
+    """Buffers examples and writes them as TFRecords to `<path>.tmp`; commit() renames.
+
+    Feature `i` is `class_id` for every record, or with `id_stride` the running id
+    records_before * id_stride + class_id (the released num_written * num_process + process).
+    """
 
     BATCH = 256
 
-    def __init__(self, path, class_id):
+    def __init__(self, path, class_id, id_stride=None):
         self.path, self.tmp, self.class_id = path, path + ".tmp", class_id
+        self.id_stride = id_stride
         self.file, self.records, self.pending = open(self.tmp, "wb"), 0, []
 
     def write(self, example):
@@ -565,8 +596,14 @@ class ShardWriter:
             self.file.write(tfrecord_frames(serialize_examples({
                 "x": [e.x for e in batch], "y": [e.y for e in batch],
                 "num_input": [[e.num_input] for e in batch],
-                "i": [[self.class_id]] * len(batch)})))
+                "i": self._ids(len(batch))})))
             self.records += len(batch)
+
+    def _ids(self, n):
+        if self.id_stride is None:
+            return [[self.class_id]] * n
+        first = self.records
+        return [[(first + k) * self.id_stride + self.class_id] for k in range(n)]
 
     def commit(self):
         self._flush()
@@ -597,6 +634,8 @@ class BlockTask:
     block: int
     start: int
     end: int
+    ordinal: int = 0     # position among all blocks of the run
+    num_blocks: int = 1  # blocks in the run
 
 
 @dataclass(frozen=True)
@@ -608,6 +647,7 @@ class Job:
     clean_text: bool = False
     output_dir: str = None  # None: dry run
     name: str = "train"
+    running_ids: bool = False  # i = running record id (no CSV) instead of the class id
 
 
 BlockResult = namedtuple("BlockResult", "file_index block stats shard records")
@@ -653,6 +693,8 @@ class _Progress:
 
 def read_block(task, job, enc, table, stats, progress):
     """Encode the documents of a block; returns their Document objects."""
+    if job.layout.layout == "released":
+        return read_block_released(task, job, enc, table, stats, progress)
     docs, done = [], task.start
     for lines, offset in read_block_documents(task.file.path, task.start, task.end, stats):
         tokens = encode_lines(lines, enc, job.clean_text)
@@ -663,9 +705,46 @@ def read_block(task, job, enc, table, stats, progress):
         progress.add(max(reached - done, 0), len(tokens))
         done = max(done, reached)
         if tokens:
-            docs.append(Document(tokens, table))
+            docs.append(tokens)
     progress.add(task.end - done, 0)
-    return docs
+    if job.layout.layout == "pack" and docs:
+        # one text: documents joined with <|endoftext|>; the last one gets its
+        # <|endoftext|> from the layout, like any text that ends in an example
+        joined = []
+        for tokens in docs:
+            joined.extend(tokens)
+            joined.append(table.eot)
+        return [Document(joined[:-1], table)]
+    return [Document(tokens, table) for tokens in docs]
+
+
+def read_block_released(task, job, enc, table, stats, progress):
+    """Texts of the released layout: whole lines (each with its <BR>, documents not
+    separated) collected until they fill the context; each text becomes one example,
+    cut there. The text left at the block's end is a last, shorter one."""
+    texts, buffer, done = [], [], task.start
+    for lines, offset in read_block_documents(task.file.path, task.start, task.end, stats):
+        stats["documents"] += 1
+        stats["lines"] += len(lines)
+        tokens = 0
+        for line in lines:
+            if not line:
+                continue
+            encoded = enc.encode(line, clean=job.clean_text)
+            tokens += len(encoded)
+            buffer.extend(encoded)
+            buffer.append(table.br)
+            if len(buffer) >= job.layout.num_context:
+                texts.append(buffer)
+                buffer = []
+        stats["tokens"] += tokens
+        reached = min(offset, task.end)
+        progress.add(max(reached - done, 0), tokens)
+        done = max(done, reached)
+    progress.add(task.end - done, 0)
+    if buffer:
+        texts.append(buffer)
+    return [Document(t, table) for t in texts]
 
 
 def convert_block(task, job, enc, table, report):
@@ -683,12 +762,20 @@ def convert_block(task, job, enc, table, report):
         rng = block_rng(job.seed, task.file.index, task.block)
         pool = SentencePool(rng)
         if job.output_dir is not None and docs:
-            writer = ShardWriter(os.path.join(
-                job.output_dir, shard_name(job.name, task.file.index, task.block)),
-                task.file.class_id)
+            if job.running_ids:
+                writer = ShardWriter(os.path.join(
+                    job.output_dir, shard_name(job.name, task.file.index, task.block)),
+                    task.ordinal, id_stride=task.num_blocks)
+            else:
+                writer = ShardWriter(os.path.join(
+                    job.output_dir, shard_name(job.name, task.file.index, task.block)),
+                    task.file.class_id)
         for keep in pass_keep_rates(task.file.weight):
             for doc in docs:
-                for example in examples_from_document(doc, table, job.layout, rng, pool, stats):
+                examples = examples_from_document(doc, table, job.layout, rng, pool, stats)
+                if job.layout.layout == "released":  # one example per text, the rest cut
+                    examples = itertools.islice(examples, 1)
+                for example in examples:
                     if keep < 1.0 and rng.random() >= keep:
                         stats["sampled_out"] += 1
                         continue
@@ -850,7 +937,8 @@ def plan_blocks(files, block_bytes, stats):
         for block in range(max(1, -(-size // block_bytes))):
             tasks.append(BlockTask(f, block, block * block_bytes,
                                    min(size, (block + 1) * block_bytes)))
-    return tasks
+    return [dataclasses.replace(t, ordinal=k, num_blocks=len(tasks))
+            for k, t in enumerate(tasks)]
 
 
 # ---------------------------------------------------------------- the whole run
@@ -863,9 +951,11 @@ def load_swe_encoder(vocabulary, emoji):
 def check_encoder(factory):
     """Load the encoder once up front, so a bad vocabulary is one clear error."""
     try:
-        TokenTable(factory())
+        enc = factory()
+        TokenTable(enc)
     except (OSError, ValueError, KeyError, ImportError) as e:
         cli.fail("cannot load the encoder: %s" % e)
+    return len(enc)
 
 
 class ProgressBar:
@@ -970,14 +1060,23 @@ def build_parser():
     p.add_argument("--output_dir", help="folder for the shards (required unless --dry_run)")
     p.add_argument("--name", default="train", help="shard name prefix")
     p.add_argument("--mode", choices=MODES, default="hybrid", help="prefix layout")
-    p.add_argument("--hybrid_rate", type=float, default=0.5,
-                   help="share of hybrid examples in hybrid mode (the rest plain LM)")
+    p.add_argument("--layout", choices=LAYOUTS, default="pack",
+                   help="pack: fill every example with consecutive text, documents joined "
+                        "with <|endoftext|> (no padding but at block ends); document: one "
+                        "document per example, padded; released: consecutive lines until "
+                        "the context is full, the rest of the last line cut")
+    p.add_argument("--hybrid_rate", type=float, default=1.0,
+                   help="share of hybrid examples in hybrid mode (the rest plain LM; "
+                        "released 1.0)")
     p.add_argument("--num_mask", type=float, default=0.08, help="prefix masking rate")
     p.add_argument("--max_mask", type=int, default=100, help="most masked tokens per example")
     p.add_argument("--use_nextsent", action="store_true", help="add the next-sentence part")
     p.add_argument("--num_context", type=int, default=1280, help="tokens per example")
     p.add_argument("--clean_text", action="store_true",
-                   help="encode with cleaning (<URL>, <EMAIL>, <DATE>, ...)")
+                   help="encode the whole text, prefix and LM part alike, with cleaning "
+                        "(URLs, e-mail addresses, dates, ... become <URL>, <EMAIL>, <DATE>, "
+                        "...); off: the text is encoded as written. (The released tool "
+                        "cleaned the LM part only; that split is not reproduced.)")
     p.add_argument("--num_process", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--block_mb", type=float, default=8.0,
@@ -1009,12 +1108,17 @@ def check_args(args):
             cli.require_file(path, what)
 
 
-def prepare_output_dir(path, force):
+def prepare_output_dir(path, force, name="train"):
+    """Make the folder; returns True when it held an earlier incomplete run of ours
+    (replaced like --force would, since nothing in it was written by anyone else)."""
     if os.path.exists(path) and not os.path.isdir(path):
         cli.fail("--output_dir %s is a file" % path)
     if os.path.isdir(path) and os.listdir(path) and not force:
+        if own_incomplete_output(path, name):
+            return True
         cli.fail("--output_dir %s is not empty; use --force to write into it" % path)
     os.makedirs(path, exist_ok=True)
+    return False
 
 
 def remove_stale_outputs(output_dir, name, keep, temporary_only=False):
@@ -1026,13 +1130,54 @@ def remove_stale_outputs(output_dir, name, keep, temporary_only=False):
             os.remove(path)
 
 
-def write_summary(path, args, stats, shards):
-    summary = {"options": {k: v for k, v in vars(args).items() if k != "verbose"},
+def vocabulary_record(args, size):
+    """Size and SHA-256 of the vocabulary files, for readers to check records against."""
+    import encode_swe
+
+    def sha(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    return {"size": int(size), "sha256": sha(args.vocabulary or encode_swe.DEFAULT_VOCAB),
+            "emoji_sha256": sha(args.emoji or encode_swe.DEFAULT_EMOJI)}
+
+
+def write_summary(path, args, stats, shards, complete, vocabulary):
+    summary = {"complete": bool(complete), "vocabulary": vocabulary,
+               "options": {k: v for k, v in vars(args).items() if k != "verbose"},
                "stats": dict(stats), "notes": stats.notes, "shards": shards}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(summary, path)
+
+
+def own_incomplete_output(path, name):
+    """True when `path` holds only an interrupted or failed run's output of this tool:
+    an incomplete <name>-summary.json plus <name>-*-*.tfrecord[.tmp] shards."""
+    summary = os.path.join(path, name + SUMMARY_SUFFIX)
+    try:
+        with open(summary, encoding="utf-8") as f:
+            if json.load(f).get("complete", True) is not False:
+                return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    prefix = name + "-"
+    for entry in os.listdir(path):
+        if entry == name + SUMMARY_SUFFIX:
+            continue
+        if not (entry.startswith(prefix)
+                and (entry.endswith(".tfrecord") or entry.endswith(".tfrecord.tmp"))):
+            return False
+    return True
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; carries the signal number."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
 
 
 def list_inputs(args, stats):
@@ -1047,31 +1192,64 @@ def main(args):
     check_args(args)
     stats = RunStats()
     files = list_inputs(args, stats)
+    replace = args.force
     if not args.dry_run:
-        prepare_output_dir(args.output_dir, args.force)
+        replace = prepare_output_dir(args.output_dir, args.force, args.name) or args.force
     layout = LayoutOptions(args.mode, args.num_context, args.hybrid_rate, args.num_mask,
-                           args.max_mask, args.use_nextsent)
+                           args.max_mask, args.use_nextsent, args.layout)
     factory = functools.partial(load_swe_encoder, args.vocabulary, args.emoji)
-    check_encoder(factory)
+    vocabulary_size = check_encoder(factory)
     job = Job(layout, factory, args.seed, args.clean_text,
-              None if args.dry_run else args.output_dir, args.name)
+              None if args.dry_run else args.output_dir, args.name,
+              running_ids=not args.input_csv)
     began = time.time()
+    if args.dry_run:
+        stats, shards = convert(files, job, args.num_process, int(args.block_mb * (1 << 20)),
+                                stats, progress=not args.no_progress)
+        print(format_summary(stats, time.time() - began))
+        if not stats["records"]:
+            cli.fail("no examples were produced (see the counts above)")
+        return 0
+    summary_path = os.path.join(args.output_dir, args.name + SUMMARY_SUFFIX)
+    vocabulary = vocabulary_record(args, vocabulary_size)
+    # The incomplete marker goes down before any shard, so that even a SIGKILL leaves
+    # a directory that readers recognise as unfinished.
+    write_summary(summary_path, args, stats, {}, False, vocabulary)
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         stats, shards = convert(files, job, args.num_process, int(args.block_mb * (1 << 20)),
                                 stats, progress=not args.no_progress)
+    except Interrupted as e:
+        # workers killed mid-shard leave temporary files behind; finished shards stay,
+        # listed nowhere, under the incomplete summary
+        remove_stale_outputs(args.output_dir, args.name, keep=(), temporary_only=True)
+        write_summary(summary_path, args, stats, {}, False, vocabulary)
+        print("make_tfrecord: interrupted by %s; %s is marked incomplete, rerun to replace it"
+              % (signal.Signals(e.signum).name, args.output_dir), file=sys.stderr)
+        return 128 + e.signum
     except BaseException:
-        if not args.dry_run:  # workers killed mid-shard leave temporary files behind
-            remove_stale_outputs(args.output_dir, args.name, keep=(), temporary_only=True)
+        # a failed run removes what it wrote (shards of this run name and its summary),
+        # so the retry finds the folder as it was
+        remove_stale_outputs(args.output_dir, args.name, keep=(), temporary_only=True)
+        _remove_own_output(args.output_dir, args.name, summary_path)
         raise
-    if not args.dry_run:
-        if args.force:
-            remove_stale_outputs(args.output_dir, args.name, shards)
-        write_summary(os.path.join(args.output_dir, args.name + SUMMARY_SUFFIX), args,
-                      stats, shards)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if replace:
+        remove_stale_outputs(args.output_dir, args.name, shards)
     print(format_summary(stats, time.time() - began))
     if not stats["records"]:
+        _remove_own_output(args.output_dir, args.name, summary_path)
         cli.fail("no examples were produced (see the counts above)")
+    write_summary(summary_path, args, stats, shards, True, vocabulary)
     return 0
+
+
+def _remove_own_output(output_dir, name, summary_path):
+    remove_stale_outputs(output_dir, name, keep=())
+    if os.path.exists(summary_path):
+        os.remove(summary_path)
 
 
 if __name__ == "__main__":
