@@ -37,11 +37,13 @@ def ours(model_dir, model_params, tokens, prefix, spout):
 
 def theirs(model, tokens, prefix, spout):
     B, L = tokens.shape
-    extra = 1 if spout is not None else 0  # the spout slot comes first in transformers' masks
+    # With a spout, transformers' token_type_ids covers the spout slot too (it comes first);
+    # its attention_mask stays the tokens' length (4.57 prepends the spout slot itself).
+    extra = 1 if spout is not None else 0
     token_type = np.zeros([B, L + extra], np.int64)
     token_type[:, :prefix + (extra if prefix else 0)] = 1
     kwargs = dict(input_ids=torch.tensor(tokens, dtype=torch.long),
-                  attention_mask=torch.ones([B, L + extra], dtype=torch.long),
+                  attention_mask=torch.ones([B, L], dtype=torch.long),
                   token_type_ids=torch.tensor(token_type))
     if spout is not None:
         kwargs["spout"] = torch.tensor(spout, dtype=torch.float32)
@@ -63,13 +65,18 @@ def test_exported_logits_match(experts, tmp_path, capsys):
     model.eval()
     rng = np.random.default_rng(experts)
     tokens = rng.integers(0, 35990, size=[2, LENGTH]).astype(np.int32)
-    worst = {}
+    worst, seen = {}, []
     for prefix in PREFIXES:
         for spout in (None, rng.standard_normal([2, 8]).astype(np.float32)):
             a = ours(model_dir, mp, tokens, prefix, spout)
             b = theirs(model, tokens, prefix, spout)
             diff = float(np.max(np.abs(a - b)))
             worst["prefix%d_%s" % (prefix, "spout" if spout is not None else "nospout")] = diff
+            seen.append(a)
+    # the four inputs must give different logits, or the comparison would test less than it says
+    for i in range(len(seen)):
+        for j in range(i):
+            assert np.max(np.abs(seen[i] - seen[j])) > 1e-2
     with capsys.disabled():
         print("\nE=%d max |logit difference|: %s" % (experts, worst))
     assert max(worst.values()) <= TOLERANCE, worst
