@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench venv clean-venv
+.PHONY: demo test test-slow bench venv clean-venv test-interop bench-peer
 
 venv: $(STAMP)
 
@@ -29,3 +29,20 @@ demo: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Optional: transformers' PyTorch GPTSanJapanese as an independent implementation
+# (never part of `make test`; needs about 4 GB of wheels).
+IVENV  := .venv-interop
+IPY    := $(IVENV)/bin/python
+ISTAMP := $(IVENV)/.installed
+
+$(ISTAMP): requirements.txt requirements-interop.txt
+	test -x $(IPY) || $(PYTHON) -m venv $(IVENV)
+	$(IPY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-interop.txt 2> $(IVENV)/pip.log || { cat $(IVENV)/pip.log; exit 1; }
+	touch $(ISTAMP)
+
+test-interop: $(ISTAMP)
+	$(IPY) -m pytest -q -o addopts="-p no:cacheprovider" tests/interop
+
+bench-peer: $(ISTAMP)
+	$(IPY) bench/bench_peer.py

@@ -1,0 +1,211 @@
+"""This project against the PyTorch peer (transformers' GPTSanJapanese), same configurations.
+
+Runs in .venv-interop (`make bench-peer`). Decoding is greedy at batch 1 with random
+weights; the peer uses its KV cache through a hand-written greedy loop (its port has
+no working generate() since transformers 4.50). Training is forward + backward + Adam
+on random tokens. Graph building / the first calls are excluded on both sides, and
+each side is timed twice, alternating; the fastest run counts. The machine is shared,
+so timings are contended and noisy.
+
+The released 2.8B size takes very long on a CPU: it runs only with --big.
+Rows go into bench/results.md under "## PyTorch peer" (that section is replaced).
+"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts the repository on sys.path)
+
+DECODE = {
+    "tiny": (dict(num_contexts=256, num_switch_layers=2, num_hidden=128, num_header=8,
+                  num_experts=4), 16, 64),
+    "medium": (dict(num_contexts=1280, num_switch_layers=4, num_hidden=512, num_header=8,
+                    num_experts=8), 32, 128),
+    "2.8B": (dict(num_contexts=1280, num_switch_layers=10, num_hidden=1024, num_header=16,
+                  num_experts=16), 32, 32),
+}
+TRAIN = dict(num_contexts=128, num_switch_layers=2, num_hidden=128, num_header=8, num_experts=4)
+TRAIN_BATCH, TRAIN_STEPS, RUNS = 8, 10, 2
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
+SECTION = "## PyTorch peer"
+
+
+def model_params(config):
+    from model import params as params_lib
+    return params_lib.default_params(num_vocabulary=36000, **config)["model_params"]
+
+
+def describe(c):
+    return "C%d %d switch layers H%d E%d" % (c["num_contexts"], c["num_switch_layers"],
+                                             c["num_hidden"], c["num_experts"])
+
+
+def prompt(length):
+    return [(7 * i + 13) % 30000 + 1 for i in range(length)]
+
+
+# ---- ours --------------------------------------------------------------------
+class OursDecode:
+    def __init__(self, mp, prompt_len, new):
+        from model import decoding
+        self.prompt_len, self.new = prompt_len, new
+        self.decoder = decoding.Decoder(
+            mp, 1, decoding.prompt_buffer_length(prompt_len, new, mp["num_contexts"]), new,
+            decoding.Sampling(top_k=1))
+        self.decoder.init_random()
+        self()  # warm-up
+
+    def __call__(self):
+        from model import decoding
+        t = time.perf_counter()
+        decoding.generate(self.decoder, [prompt(self.prompt_len)], [0], self.new)
+        return self.new / (time.perf_counter() - t)
+
+
+def ours_train(mp):
+    from bench_training import write_records
+    from model import params as params_lib, runtime, train
+    params = params_lib.default_params(**{k: v for k, v in mp.items()})
+    params["train_params"]["batch_size"] = TRAIN_BATCH
+    length = mp["num_contexts"]
+    with tempfile.TemporaryDirectory() as d:
+        write_records(os.path.join(d, "r.tfrecord"), 64, length, 36000)
+        opts = train.TrainOptions(params=params, input_files=os.path.join(d, "*.tfrecord"),
+                                  output_dir=os.path.join(d, "out"), max_training_step=3,
+                                  devices=runtime.Devices.local(mesh_shape="1x1"),
+                                  progress=False, log_every=0)
+        trainer = train.Trainer(opts).start()
+        trainer.run()
+        rates = []
+        for k in range(RUNS):
+            trainer.opts.max_training_step = 3 + (k + 1) * TRAIN_STEPS
+            t = time.time()
+            trainer.run()
+            rates.append(TRAIN_STEPS * TRAIN_BATCH * length / (time.time() - t))
+        trainer.close()
+    return max(rates)
+
+
+# ---- the peer ------------------------------------------------------------------
+def peer_model(mp):
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    H = mp["num_hidden"]
+    config = transformers.GPTSanJapaneseConfig(
+        vocab_size=mp["num_vocabulary"], max_position_embeddings=mp["num_contexts"], d_model=H,
+        d_ff=8 * H, d_ext=4 * H, d_spout=0, num_switch_layers=mp["num_switch_layers"],
+        num_ext_layers=0, num_heads=mp["num_header"], num_experts=mp["num_experts"],
+        expert_capacity=mp["num_contexts"])
+    return transformers.GPTSanJapaneseForConditionalGeneration(config)
+
+
+class PastTuple(tuple):
+    """The peer's own per-layer (key, value) tuples. Its 4.57 forward asks the past for
+    get_seq_length() (the Cache API) but then indexes it as these tuples; this gives
+    the tuples that method, so the peer decodes with its KV cache unchanged."""
+
+    def get_seq_length(self):
+        return self[0][0].shape[2]
+
+
+class PeerDecode:
+    def __init__(self, mp, prompt_len, new):
+        import torch
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        self.model = peer_model(mp).eval()
+        self.prompt_len, self.new = prompt_len, new
+        self()
+
+    def __call__(self):
+        import torch
+        ids = torch.tensor([prompt(self.prompt_len)])
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = self.model(input_ids=ids, use_cache=True)
+            for _ in range(self.new - 1):
+                nxt = out.logits[:, -1:].argmax(-1)
+                out = self.model(input_ids=nxt, past_key_values=PastTuple(out.past_key_values),
+                                 use_cache=True)
+        return self.new / (time.perf_counter() - t)
+
+
+def peer_train(mp):
+    import torch
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    model = peer_model(mp).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    length = mp["num_contexts"]
+
+    def step():
+        ids = torch.randint(0, 36000, (TRAIN_BATCH, length), generator=g)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    rates = []
+    for _ in range(RUNS):
+        t = time.time()
+        for _ in range(TRAIN_STEPS):
+            step()
+        rates.append(TRAIN_STEPS * TRAIN_BATCH * length / (time.time() - t))
+    return max(rates)
+
+
+# ---- the table ------------------------------------------------------------------
+def run(sizes):
+    rows = []
+    for name in sizes:
+        config, p, n = DECODE[name]
+        mp = model_params(config)
+        ours, peer = OursDecode(mp, p, n), PeerDecode(mp, p, n)
+        a, b = [], []
+        for _ in range(RUNS):  # alternate, so a slow spell of the machine hits both
+            a.append(ours())
+            b.append(peer())
+        rows.append(dict(what="decode, %s, prompt %d + %d new, batch 1" % (describe(config), p, n),
+                         ours=max(a), baseline=max(b), ratio=max(a) / max(b), unit="tokens/s"))
+        print(rows[-1], flush=True)
+    mp = model_params(TRAIN)
+    a, b = ours_train(mp), peer_train(mp)
+    rows.append(dict(what="train, %s, batch %d (fwd+bwd+Adam)" % (describe(TRAIN), TRAIN_BATCH),
+                     ours=a, baseline=b, ratio=a / b, unit="tokens/s"))
+    print(rows[-1], flush=True)
+    return rows
+
+
+def write(rows):
+    import transformers
+    text = open(RESULTS, encoding="utf-8").read() if os.path.isfile(RESULTS) else "# Benchmarks\n"
+    text = re.sub(r"\n%s.*?(?=\n## |\Z)" % re.escape(SECTION), "", text, flags=re.S)
+    section = ("\n%s\n\nWritten by `make bench-peer` on %s; baseline = transformers %s "
+               "GPTSanJapanese (PyTorch, %d threads), contended machine.\n\n%s"
+               % (SECTION, time.strftime("%Y-%m-%d"), transformers.__version__,
+                  min(2, os.cpu_count() or 1), common.markdown_table(rows)))
+    from model.atomic import write_text_atomic
+    write_text_atomic(RESULTS, text.rstrip("\n") + "\n" + section)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--big", action="store_true", help="also the released 2.8B size (very slow)")
+    p.add_argument("--no_write", action="store_true", help="print only; leave results.md alone")
+    args = p.parse_args()
+    from model import cli
+    cli.quiet_tensorflow(False)
+    rows = run(["tiny", "medium"] + (["2.8B"] if args.big else []))
+    common.print_table(rows)
+    if not args.no_write:
+        write(rows)
+
+
+if __name__ == "__main__":
+    main()
