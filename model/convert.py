@@ -271,7 +271,7 @@ def write_checkpoint(folder, entries, progress=True, max_bytes=SHARD_BYTES):
 
 # What convert writes into its output directory; --force replaces only such a directory.
 _WRITTEN = re.compile(r"^(parameters\.json|checkpoint|%s|model\.ckpt.*|\.shards)$"
-                      % re.escape(IGNORE_FILE))
+                      % "|".join(re.escape(f) for f in (IGNORE_FILE, TRANSFORMER_FILE, ALL_FILE)))
 
 
 def check_destination(dst, force, src_dir=None):

@@ -4,8 +4,11 @@ Runs only in .venv-interop (`make test-interop`): torch and transformers 4.57.x.
 Our side is the library forward pass (model.runtime.Forward), which routes every
 token at inference; transformers routes every token when expert_capacity >= the
 sequence length, which the exported config guarantees."""
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +113,38 @@ def test_import_of_transformers_save_pretrained(safe, tmp_path, capsys):
     with capsys.disabled():
         print("\nsave_pretrained(safe_serialization=%s) import, max |diff|: %s" % (safe, worst))
     assert max(worst.values()) <= TOLERANCE, worst
+
+
+def test_run_languagemodel_scores_equal_transformers_logits(tmp_path):
+    """The script itself, on a directory transformers wrote: its released-format scores
+    (the raw logit of each next input token, the whole context as a bidirectional
+    prefix) must equal transformers' logits for the same tokens."""
+    torch.manual_seed(3)
+    config = transformers.GPTSanJapaneseConfig(
+        vocab_size=36000, max_position_embeddings=32, d_model=16, d_ff=128, d_ext=64,
+        d_spout=0, num_switch_layers=2, num_ext_layers=0, num_heads=2, num_experts=4,
+        expert_capacity=32, initializer_factor=1.0)
+    model = transformers.GPTSanJapaneseForConditionalGeneration(config).eval()
+    hub = str(tmp_path / "hub")
+    model.save_pretrained(hub, safe_serialization=True)
+    for name, target in (("ja-swe36k.txt", "vocab.txt"), ("emoji.json", "emoji.json")):
+        shutil.copyfile(os.path.join(ROOT, name), os.path.join(hub, target))
+    out = str(tmp_path / "ours")
+    convert_hf.import_hf(hub, out, progress=False)
+    result = str(tmp_path / "lm.json")
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_languagemodel.py"), "--model", out,
+         "--context", "武田信玄は、戦国時代の武将である。", "--no_token_drop",
+         "--output", result], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with open(result, encoding="utf-8") as f:
+        got = json.load(f)
+    ids = np.array([got["input_tokens"]], np.int32)
+    n = ids.shape[1]
+    assert n > 5
+    # released semantics: every position but the last is prefix (num_precontext = n - 1)
+    logits = theirs(model, ids, n - 1, None)[0]
+    expected = [float(logits[i, ids[0, i + 1]]) for i in range(n - 1)]
+    diff = float(np.max(np.abs(np.array(got["output_scores"]) - np.array(expected))))
+    print("\nrun_languagemodel scores vs transformers logits, max |diff|: %s" % diff)
+    assert diff <= TOLERANCE
