@@ -174,18 +174,29 @@ def test_mixed_record_lengths_are_refused_up_front(tmp_path):
 STUCK = """
 import sys, time
 sys.path.insert(0, %(repo)r)
-from tests.test_training import make_trainer
+from tests.test_training import make_trainer, write_records
 from model import train
 train.StopFlag.GRACE_SECONDS = 2.0
-open(%(rec)r, "wb").close()   # empty: a repeating pipeline never yields a batch
+write_records(%(rec)r)
 trainer = make_trainer(%(rec)r, %(out)r, 10)
-print("running", flush=True)
+run = trainer.session.run
+def stuck(fetches, *args, **kwargs):
+    # a training step that never returns, like a read from a source that never answers
+    if isinstance(fetches, list) and trainer.train_op in fetches:
+        time.sleep(3600)
+    return run(fetches, *args, **kwargs)
+trainer.session.run = stuck
+init = train.StopFlag.__init__
+def ready(self):   # say "running" only once the loop's signal handling is in place
+    init(self)
+    print("running", flush=True)
+train.StopFlag.__init__ = ready
 trainer.run()
 """
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_run_whose_input_pipeline_is_stuck(tmp_path):
+def test_sigterm_stops_a_run_whose_step_is_stuck(tmp_path):
     import signal
     import time
     script = STUCK % {"repo": REPO, "rec": str(tmp_path / "empty.tfrecord"),
@@ -194,7 +205,7 @@ def test_sigterm_stops_a_run_whose_input_pipeline_is_stuck(tmp_path):
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout.readline().strip() == "running"
     time.sleep(3)
-    assert proc.poll() is None   # stuck, as the empty input makes it
+    assert proc.poll() is None   # stuck inside the step
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     try:
