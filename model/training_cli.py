@@ -132,6 +132,23 @@ def check_vocabulary(path, model_params):
                                                            model_params["num_vocabulary"]))
 
 
+def record_summaries(files):
+    """(folder, path, summary) for each make_tfrecord <name>-summary.json beside the
+    record files; summary is None for a folder without one, and the OSError or
+    ValueError itself for a file that cannot be read."""
+    import glob
+    for folder in sorted({os.path.dirname(f) for f in files if "://" not in f}):
+        paths = sorted(glob.glob(os.path.join(folder, "*-summary.json")))
+        if not paths:
+            yield folder, None, None
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    yield folder, path, json.load(f)
+            except (OSError, ValueError) as e:
+                yield folder, path, e
+
+
 def records_train_mode(file_pattern, sample=256):
     """"hybrid" when the records have a bidirectional prefix, else "lm".
 
@@ -139,20 +156,14 @@ def records_train_mode(file_pattern, sample=256):
     records without one (e.g. from the released tool) are judged by whether any of
     the first `sample` records has num_input > 0.
     """
-    import glob
     from model import inputs
 
     files = inputs.list_record_files(file_pattern)
     modes = set()
-    for d in sorted({os.path.dirname(f) for f in files}):
-        for path in glob.glob(os.path.join(d, "*-summary.json")):
-            try:
-                with open(path) as f:
-                    mode = json.load(f).get("options", {}).get("mode")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if mode:
-                modes.add(mode)
+    for _, _, summary in record_summaries(files):
+        mode = summary.get("options", {}).get("mode") if isinstance(summary, dict) else None
+        if mode:
+            modes.add(mode)
     if modes:
         return "hybrid" if modes & {"hybrid", "mlm"} else "lm"
     from model.compat import tf
@@ -171,36 +182,30 @@ def records_train_mode(file_pattern, sample=256):
 def check_record_summaries(files, model_params, vocabulary=None, allow_incomplete=False):
     """Compare make_tfrecord's <name>-summary.json in each records directory with the
     model: an interrupted run, or records of another vocabulary, are refused."""
-    import glob
     import hashlib
-    folders = sorted({os.path.dirname(f) for f in files if "://" not in f})
     vocab_sha = None
     if vocabulary:
         with open(vocabulary, "rb") as f:
             vocab_sha = hashlib.sha256(f.read()).hexdigest()
     unchecked = []
-    for folder in folders:
-        summaries = sorted(glob.glob(os.path.join(folder, "*-summary.json")))
-        if not summaries:
+    for folder, path, summary in record_summaries(files):
+        if path is None:
             unchecked.append(folder)
-        for path in summaries:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    summary = json.load(f)
-            except (OSError, ValueError) as e:
-                cli.fail("cannot read the records summary %s (%s)" % (path, e))
-            if summary.get("complete") is False and not allow_incomplete:
-                cli.fail("%s says the make_tfrecord run that wrote these records did not "
-                         "finish; rebuild them, or pass --allow_incomplete_records" % path)
-            vocab = summary.get("vocabulary") or {}
-            size = vocab.get("size")
-            if size is not None and size != model_params["num_vocabulary"]:
-                cli.fail("records in %s were made with a vocabulary of %d ids but the model "
-                         "has num_vocabulary %d (%s)" % (folder, size,
-                                                         model_params["num_vocabulary"], path))
-            if vocab_sha and vocab.get("sha256") and vocab["sha256"] != vocab_sha:
-                cli.fail("records in %s were made with another vocabulary than %s (sha256 "
-                         "differs; %s)" % (folder, vocabulary, path))
+            continue
+        if isinstance(summary, Exception) or not isinstance(summary, dict):
+            cli.fail("cannot read the records summary %s (%s)" % (path, summary))
+        if summary.get("complete") is False and not allow_incomplete:
+            cli.fail("%s says the make_tfrecord run that wrote these records did not "
+                     "finish; rebuild them, or pass --allow_incomplete_records" % path)
+        vocab = summary.get("vocabulary") or {}
+        size = vocab.get("size")
+        if size is not None and size != model_params["num_vocabulary"]:
+            cli.fail("records in %s were made with a vocabulary of %d ids but the model "
+                     "has num_vocabulary %d (%s)" % (folder, size,
+                                                     model_params["num_vocabulary"], path))
+        if vocab_sha and vocab.get("sha256") and vocab["sha256"] != vocab_sha:
+            cli.fail("records in %s were made with another vocabulary than %s (sha256 "
+                     "differs; %s)" % (folder, vocabulary, path))
     if unchecked:
         print("note: no make_tfrecord summary in %s: completeness and vocabulary of the "
               "records cannot be checked" % ", ".join(unchecked), file=sys.stderr)
