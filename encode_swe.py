@@ -170,6 +170,10 @@ class VocabularyError(ValueError):
     """A malformed vocabulary or emoji file; the message names the file and line."""
 
 
+class EmojiTableError(VocabularyError):
+    """The emoji table (not the vocabulary) is malformed."""
+
+
 # ----------------------------------------------------------------------------- files
 
 def _read_lines(path):
@@ -520,7 +524,10 @@ class SWEEncoder:
                 raise FileNotFoundError("%s file not found: %s" % (what, path))
         self.vocab_file, self.emoji_file = vocab_file, emoji_file
         self._spellings, self._ids = read_vocabulary(vocab_file)
-        self._emoji, self._emoji_inv = read_emoji(emoji_file, self._ids)
+        try:
+            self._emoji, self._emoji_inv = read_emoji(emoji_file, self._ids)
+        except VocabularyError as e:
+            raise EmojiTableError(str(e)) from None
         self.vocab_size = len(self._spellings)
         for offset, name in enumerate(SPECIAL_NAMES):
             setattr(self, name, self.vocab_size - len(SPECIAL_NAMES) + offset)

@@ -61,14 +61,14 @@ def frozen_variables(args):
         return parse_frozen(args.ignore_parameters)
     transformer = os.path.join(args.model, TRANSFORMER_FILE)
     if os.path.isfile(transformer):
-        return [n for n in parse_frozen(transformer)
+        return [n for n in parse_frozen(transformer, source=transformer)
                 if not n.endswith(SLOT_SUFFIXES) and n != "global_step"]
     path = os.path.join(args.model, IGNORE_FILE)
     if not os.path.isfile(path):
         cli.fail("%s has no %s (not a converted model?); convert it with "
                  "tools/run_modelconvert.py, or pass --ignore_parameters '[]' to train "
                  "every variable" % (args.model, IGNORE_FILE))
-    return parse_frozen(path)
+    return parse_frozen(path, source=path)
 
 
 def apply_overrides(params, args):

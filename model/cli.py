@@ -81,6 +81,13 @@ def run(main, parser):
             raise
         sys.stderr.write("%s: error: %s\n" % (parser.prog, e))
         sys.exit(2)
+    except PermissionError as e:
+        # Root never sees these; users on shared machines do, for any input or output.
+        if args.verbose:
+            raise
+        sys.stderr.write("%s: error: permission denied: %s (check the file's permissions "
+                         "or choose another path)\n" % (parser.prog, e.filename or e))
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("%s: interrupted\n" % parser.prog)
         sys.exit(130)

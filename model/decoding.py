@@ -477,25 +477,31 @@ def load_vocabulary(vocab_file, emoji_file, num_vocabulary):
         if not os.path.isfile(path):
             raise UserError("%s not found: %s (pass --vocabulary/--emoji)" % (what, path))
     # Compare sizes first: a foreign vocabulary may not even load.
-    size = count_vocabulary(vocab_file)
-    if size != num_vocabulary:
-        raise UserError("vocabulary %s has %d tokens but the model's num_vocabulary is %d; "
-                        "use the vocabulary the model was trained with"
-                        % (vocab_file, size, num_vocabulary))
+    check_vocabulary_size(vocab_file, num_vocabulary)
     try:
         enc = encode_swe.load_encoder(vocab_file, emoji_file)
+    except encode_swe.EmojiTableError as e:
+        raise UserError("cannot load the emoji table %s: %s" % (emoji_file, e))
     except (OSError, ValueError) as e:
         raise UserError("cannot load vocabulary %s: %s" % (vocab_file, e))
     return enc
 
 
-def count_vocabulary(path):
-    """Ids in a vocabulary file: one per line, no trailing newline (encode_swe's rule)."""
+def check_vocabulary_size(path, num_vocabulary):
+    """A vocabulary file holds one id per line and no trailing newline (encode_swe's
+    rule); its size must be the model's num_vocabulary."""
     try:
         with open(path, encoding="utf-8") as f:
-            return len(f.read().split("\n"))
+            text = f.read()
     except UnicodeDecodeError:
         raise UserError("vocabulary %s is not UTF-8 text" % path)
+    size = len(text.split("\n"))
+    if text.endswith("\n") and size == num_vocabulary + 1:
+        raise UserError("vocabulary %s ends with a newline, which would be an extra empty "
+                        "token; the file must not end with a newline" % path)
+    if size != num_vocabulary:
+        raise UserError("vocabulary %s has %d ids but the model has num_vocabulary %d; use "
+                        "the vocabulary the model was trained with" % (path, size, num_vocabulary))
 
 
 def check_tpu(tpu_nodes):

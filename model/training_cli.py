@@ -100,19 +100,28 @@ def validate_flags(args, output_dir):
         cli.fail("--output_dir %s is a file, not a directory" % output_dir)
 
 
-def parse_frozen(value):
+def parse_frozen(value, source="--ignore_parameters"):
+    """A JSON list of variable names, given inline or as a file. `source` names where
+    the value came from (the flag, or a file the model directory holds)."""
     if not value:
         return []
     text = value
     if os.path.isfile(value):
-        with open(value, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(value, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            cli.fail("cannot read %s (%s)" % (value, e))
+    flag = source.startswith("--")
     try:
         names = json.loads(text)
     except json.JSONDecodeError:
-        cli.fail("--ignore_parameters must be a JSON list of variable names or a file holding one")
+        names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        cli.fail("--ignore_parameters must be a JSON list of variable names")
+        if flag:
+            cli.fail("%s must be a JSON list of variable names or a file holding one" % source)
+        cli.fail("%s is not a JSON list of variable names (damaged?); rewrite it, or pass "
+                 "--ignore_parameters to choose the frozen weights" % source)
     return names
 
 
@@ -120,16 +129,8 @@ def check_vocabulary(path, model_params):
     if not path:
         return
     cli.require_file(path, "vocabulary file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    size = len(text.split("\n"))
-    if text.endswith("\n") and size == model_params["num_vocabulary"] + 1:
-        cli.fail("vocabulary %s ends with a newline, which would be an extra empty token; "
-                 "the file must not end with a newline" % path)
-    if size != model_params["num_vocabulary"]:
-        cli.fail("vocabulary %s has %d ids but the model has num_vocabulary %d; use the "
-                 "vocabulary the model was trained with" % (path, size,
-                                                           model_params["num_vocabulary"]))
+    from model import decoding
+    decoding.check_vocabulary_size(path, model_params["num_vocabulary"])
 
 
 def record_summaries(files):
@@ -287,4 +288,12 @@ def _train_with_estimator(args, opts):
         cli.fail("mesh %s needs %d TPU cores; %s has %d" % (shape, shape.size, args.tpu_nodes,
                                                            cores))
     print("TPUEstimator, mesh %s on %s" % (shape, master or "the host CPU"), file=sys.stderr)
-    return estimator.train_with_estimator(opts, shape, master, args.iterations_per_loop)
+    from model import checkpoints
+    # A bucket path (gs://) cannot hold a lock file; a local directory is locked as the
+    # session loop locks it.
+    lock = None if "://" in opts.output_dir else checkpoints.OutputLock(opts.output_dir).acquire()
+    try:
+        return estimator.train_with_estimator(opts, shape, master, args.iterations_per_loop)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -136,7 +136,7 @@ def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
         (base + ["--input_file", str(tmp_path / "none.txt")], "input file not found"),
         (["--model", str(empty), "--context", "あ", *vocab_flags], "no 'checkpoint' file"),
         (["--model", model_dir, "--context", "あ", "--vocabulary", str(vocab)],
-         "has 100 tokens but the model's num_vocabulary is 36000"),
+         "has 100 ids but the model has num_vocabulary 36000"),
         (base + ["--context", "あ", "--tpu_nodes", "v3-8"], "TPU inference needs"),
     ]
     for argv, message in cases:

@@ -346,3 +346,72 @@ def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
     vocab.write_text("".join("t%d\n" % k for k in range(40)))
     with pytest.raises(UserError, match="must not end with a newline"):
         check_vocabulary(str(vocab), {"num_vocabulary": 40})
+    from model import decoding       # the inference scripts' loader says the same
+    with pytest.raises(UserError, match="must not end with a newline"):
+        decoding.load_vocabulary(str(vocab), os.path.join(REPO, "emoji.json"), 40)
+
+
+def test_broken_emoji_table_is_named_as_the_emoji_table(tmp_path):
+    from model import decoding
+    from model.cli import UserError
+    bad = tmp_path / "emoji.json"
+    bad.write_text("{oops")
+    vocab = os.path.join(REPO, "ja-swe36k.txt")
+    with pytest.raises(UserError) as e:
+        decoding.load_vocabulary(vocab, str(bad), 36000)
+    assert str(e.value).startswith("cannot load the emoji table %s" % bad)
+
+
+def test_damaged_ignore_params_file_is_named_when_the_flag_was_not_given(tmp_path):
+    from model.cli import UserError
+    from model.training_cli import parse_frozen
+    damaged = tmp_path / "ignore-params.json"
+    damaged.write_text('["model/wte", ')
+    with pytest.raises(UserError) as e:
+        parse_frozen(str(damaged), source=str(damaged))
+    assert str(damaged) in str(e.value) and "is not a JSON list" in str(e.value)
+    with pytest.raises(UserError, match="^--ignore_parameters must be a JSON list"):
+        parse_frozen(str(damaged))      # given by the flag: the flag is named
+    assert parse_frozen('["a", "b"]') == ["a", "b"]
+
+
+def test_permission_errors_are_one_line_in_every_script(capsys):
+    # root ignores file modes, so the error is raised by hand inside a script's main
+    from model import cli
+
+    def main(args):
+        raise PermissionError(13, "Permission denied", "/data/out.json")
+    parser = cli.ArgumentParser(prog="some_script.py")
+    old = sys.argv
+    sys.argv = ["some_script.py"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.run(main, parser)
+    finally:
+        sys.argv = old
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "permission denied: /data/out.json" in err
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_output_dir(records, tmp_path):
+    """A real second process, by either training driver, is refused while the first
+    runs, and names the holder's pid."""
+    import signal
+    out = tmp_path / "out"
+    script = STUCK % {"repo": REPO, "rec": str(tmp_path / "a.tfrecord"), "out": str(out)}
+    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert first.stdout.readline().strip() == "running"
+        for extra in ([], ["--use_tpu_estimator"]):
+            second = run_training(["--input_files", records, "--output_dir", str(out),
+                                   "--max_training_step", "2"] + extra, tmp_path)
+            assert second.returncode == 2, second.stderr
+            assert "in use by another training run (pid %d" % first.pid in second.stderr
+            assert "Traceback" not in second.stderr
+            assert second.stderr.strip().splitlines()[-1].startswith("run_training.py: error:")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
