@@ -85,12 +85,13 @@ def test_exported_logits_match(experts, tmp_path, capsys):
     assert max(worst.values()) <= TOLERANCE, worst
 
 
-@pytest.mark.parametrize("safe", [True, False])
-def test_import_of_transformers_save_pretrained(safe, tmp_path, capsys):
-    torch.manual_seed(0)
+def transformers_model_imported(tmp_path, seed, spout, ext, safe):
+    """A randomly initialised tiny transformers model, written with save_pretrained
+    (with the vocabulary files a Hub directory carries) and imported by us."""
+    torch.manual_seed(seed)
     config = transformers.GPTSanJapaneseConfig(
         vocab_size=36000, max_position_embeddings=32, d_model=16, d_ff=128, d_ext=64,
-        d_spout=8, num_switch_layers=2, num_ext_layers=1, num_heads=2, num_experts=4,
+        d_spout=spout, num_switch_layers=2, num_ext_layers=ext, num_heads=2, num_experts=4,
         expert_capacity=32, initializer_factor=1.0)
     model = transformers.GPTSanJapaneseForConditionalGeneration(config).eval()
     hub = str(tmp_path / "hub")
@@ -99,6 +100,12 @@ def test_import_of_transformers_save_pretrained(safe, tmp_path, capsys):
         shutil.copyfile(os.path.join(ROOT, name), os.path.join(hub, target))
     out = str(tmp_path / "ours")
     convert_hf.import_hf(hub, out, progress=False)
+    return model, out
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_import_of_transformers_save_pretrained(safe, tmp_path, capsys):
+    model, out = transformers_model_imported(tmp_path, seed=0, spout=8, ext=1, safe=safe)
     from model import params as params_lib
     mp = params_lib.load(out)["model_params"]
     rng = np.random.default_rng(1)
@@ -119,18 +126,7 @@ def test_run_languagemodel_scores_equal_transformers_logits(tmp_path):
     """The script itself, on a directory transformers wrote: its released-format scores
     (the raw logit of each next input token, the whole context as a bidirectional
     prefix) must equal transformers' logits for the same tokens."""
-    torch.manual_seed(3)
-    config = transformers.GPTSanJapaneseConfig(
-        vocab_size=36000, max_position_embeddings=32, d_model=16, d_ff=128, d_ext=64,
-        d_spout=0, num_switch_layers=2, num_ext_layers=0, num_heads=2, num_experts=4,
-        expert_capacity=32, initializer_factor=1.0)
-    model = transformers.GPTSanJapaneseForConditionalGeneration(config).eval()
-    hub = str(tmp_path / "hub")
-    model.save_pretrained(hub, safe_serialization=True)
-    for name, target in (("ja-swe36k.txt", "vocab.txt"), ("emoji.json", "emoji.json")):
-        shutil.copyfile(os.path.join(ROOT, name), os.path.join(hub, target))
-    out = str(tmp_path / "ours")
-    convert_hf.import_hf(hub, out, progress=False)
+    model, out = transformers_model_imported(tmp_path, seed=3, spout=0, ext=0, safe=True)
     result = str(tmp_path / "lm.json")
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "run_languagemodel.py"), "--model", out,
