@@ -728,8 +728,8 @@ def test_sigterm_leaves_an_incomplete_summary_and_no_partial_shard(released_voca
     import signal as signal_lib
     rng = np.random.default_rng(0)
     lines = ["".join(rng.choice(list("今日は晴れです明日雨でしょう"), 60)) + "。"
-             for _ in range(20000)]
-    for k in range(4):
+             for _ in range(30000)]
+    for k in range(8):   # enough work that the run is still going when the signal comes
         write(tmp_path / ("a%d.txt" % k), "\n".join(lines))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=REPO)
@@ -743,7 +743,7 @@ def test_sigterm_leaves_an_incomplete_summary_and_no_partial_shard(released_voca
         time.sleep(0.05)
     assert summary.exists(), "no incomplete summary before the first shard"
     assert json.loads(summary.read_text())["complete"] is False
-    time.sleep(1.0)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal_lib.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal_lib.SIGTERM, err

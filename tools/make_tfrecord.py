@@ -1214,9 +1214,9 @@ def main(args):
     vocabulary = vocabulary_record(args, vocabulary_size)
     # The incomplete marker goes down before any shard, so that even a SIGKILL leaves
     # a directory that readers recognise as unfinished.
-    write_summary(summary_path, args, stats, {}, False, vocabulary)
     handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        write_summary(summary_path, args, stats, {}, False, vocabulary)
         stats, shards = convert(files, job, args.num_process, int(args.block_mb * (1 << 20)),
                                 stats, progress=not args.no_progress)
     except Interrupted as e:
