@@ -19,8 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import cli  # noqa: E402
 from model.training_cli import add_training_flags, parse_frozen, train_from_args  # noqa: E402
 
-IGNORE_FILE = "ignore-params.json"  # written by tools/run_modelconvert.py
-
 
 def build_parser():
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,20 +47,18 @@ def load_model_params(model_dir):
         cli.fail(str(e))
 
 
-TRANSFORMER_FILE = "transformer-params.json"  # the copied weights, as the released converter lists them
-SLOT_SUFFIXES = ("/adam_m", "/adam_v")
-
-
 def frozen_variables(args):
     """--ignore_parameters if given, else the weights in the model directory's
     transformer-params.json (the released converter's list of copied weights;
     their optimizer slots are not weights), else its ignore-params.json."""
+    # model.convert owns the file names; imported here because it loads TensorFlow
+    from model.convert import IGNORE_FILE, TRANSFORMER_FILE, is_optimizer_state
     if args.ignore_parameters is not None:
         return parse_frozen(args.ignore_parameters)
     transformer = os.path.join(args.model, TRANSFORMER_FILE)
     if os.path.isfile(transformer):
         return [n for n in parse_frozen(transformer, source=transformer)
-                if not n.endswith(SLOT_SUFFIXES) and n != "global_step"]
+                if not is_optimizer_state(n)]
     path = os.path.join(args.model, IGNORE_FILE)
     if not os.path.isfile(path):
         cli.fail("%s has no %s (not a converted model?); convert it with "

@@ -160,7 +160,7 @@ def attention(x, past, mask, cfg, name):
     return mtf.einsum([a, w_o], [batch, length, d.hidden]), present
 
 
-def moe_hparams(cfg, group_size, train):
+def moe_hparams(cfg, group_size):
     """Switch (top-1) routing. One group per sequence keeps routing independent
     of the mesh and of the other rows of a batch. With token dropping (the
     released rule) each expert takes at most max(int(group * factor / experts), 4)
@@ -199,7 +199,7 @@ def switch_ffn(x, cfg, train, name):
             # explicitly when training).
             nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)
             moe_out, aux_loss = mtf_moe.transformer_moe_layer_v1(
-                x, d.hidden, moe_hparams(cfg, length.size, train), train, cfg.variable_dtype,
+                x, d.hidden, moe_hparams(cfg, length.size), train, cfg.variable_dtype,
                 layout=cfg.layout, mesh_shape=cfg.mesh_shape, nonpadding=nonpadding,
                 activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
