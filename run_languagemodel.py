@@ -28,14 +28,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from model import cli  # noqa: E402
-from run_generate import add_model_flags  # noqa: E402
+from model import cli, cli_infer  # noqa: E402
 from model.atomic import JsonLinesOutput, write_text_atomic  # noqa: E402
 
 
 def build_parser():
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_flags(p)
+    cli_infer.add_model_flags(p)
     p.add_argument("--context", default=None, help="text to analyse")
     p.add_argument("--mask", default="[MASK]", help="string marking a token to fill in")
     p.add_argument("--pos_vector", type=int, default=-1,
@@ -70,76 +69,6 @@ def check_args(args):
         cli.check_output_file(args.output, args.force)
 
 
-class Query:
-    """One text as model input: ids, prefix size and the vector position."""
-
-    def __init__(self, text, enc, mask, pos_vector, num_contexts, fills_masks=True):
-        self.text = text
-        tokens = []
-        pieces = text.split(mask) if fills_masks else [text]
-        for k, piece in enumerate(pieces):
-            if k:
-                tokens.append(enc.inputmask)
-            tokens += enc.encode(piece)
-        self.input_ids = [enc.startoftext] + tokens
-        self.truncated = len(self.input_ids) > num_contexts
-        self.ids = self.input_ids[:num_contexts]
-        # As released: every context token is prefix in a mask-filling model.
-        self.num_precontext = min(len(tokens), num_contexts) if fills_masks else 0
-        # Scored positions: each fed position with a next input token.
-        self.num_scores = min(len(self.input_ids) - 1, num_contexts)
-        n = len(self.ids)
-        self.pos_index = pos_vector + n if pos_vector < 0 else pos_vector
-        if not 0 <= self.pos_index < n:
-            cli.fail("--pos_vector %d is outside the input: %d positions (-%d..%d) for %d "
-                     "context tokens plus <|startoftext|>" % (pos_vector, n, n, n - 1, n - 1))
-
-
-def fill(query, logits, vector, enc):
-    """The result dict for one query from its logits [length, vocab]."""
-    out_ids, scores = [], []
-    for i in range(query.num_scores):
-        next_id = query.input_ids[i + 1]
-        out_ids.append(int(logits[i].argmax()) if next_id == enc.inputmask else next_id)
-        scores.append(float(logits[i, next_id]))
-    return {"output_text": enc.decode(out_ids),
-            "output_tokens": out_ids,
-            "output_scores": scores,
-            "output_vector": [float(v) for v in vector],
-            "input_text": query.text,
-            "input_tokens": query.input_ids,
-            # Extra key (not in the released output): the spelling of each output id.
-            "output_spellings": [enc.id_to_token(i) for i in out_ids]}
-
-
-class Model:
-    """A Forward graph with hidden-state vectors for a batch of queries."""
-
-    def __init__(self, args, model_params, batch_size, length):
-        from model import runtime
-        # Token dropping depends on the sequence length, so with it every
-        # batch holds texts of one length only (see batches()).
-        devices = runtime.Devices.local(model_params["num_pallarelizm"],
-                                        mesh_shape=args.mesh_shape, cpu_devices=args.cpu_devices)
-        self.batch_size, self.length = batch_size, length
-        self.forward = runtime.Forward(model_params, batch_size, length, devices=devices,
-                                       with_pos_vector=True,
-                                       token_drop=not args.no_token_drop).restore(args.model)
-
-    def run(self, queries, enc):
-        import numpy as np
-        B, L = self.batch_size, self.length
-        tokens = np.zeros([B, L], np.int32)
-        npc = np.zeros([B], np.int32)
-        pos = np.zeros([B], np.int32)
-        for row, q in enumerate(queries):
-            tokens[row, :len(q.ids)] = q.ids
-            npc[row], pos[row] = q.num_precontext, q.pos_index
-        out = self.forward(tokens, num_precontext=npc, pos_index=pos)
-        return [fill(q, out["logits"][row], out["pos_vector"][row], enc)
-                for row, q in enumerate(queries)]
-
-
 def print_result(result):
     print("{OUTPUT TEXTS}")
     print(result["output_text"])
@@ -165,16 +94,10 @@ def notes(args, model_params, queries):
               file=sys.stderr)
 
 
-def make_queries(args, model_params, enc, texts):
-    from model import params
-    return [Query(t, enc, args.mask, args.pos_vector, model_params["num_contexts"],
-                  params.fills_masks(model_params)) for t in texts]
-
-
 def analyse_one(args, model_params, enc):
-    query = make_queries(args, model_params, enc, [args.context])[0]
+    query = cli_infer.make_queries(args, model_params, enc, [args.context])[0]
     notes(args, model_params, [query])
-    result = Model(args, model_params, 1, len(query.ids)).run([query], enc)[0]
+    result = cli_infer.Scorer(args, model_params, 1, len(query.ids)).run([query], enc)[0]
     print_result(result)
     if args.output:
         write_text_atomic(args.output, json.dumps(result, ensure_ascii=False) + "\n")
@@ -183,32 +106,14 @@ def analyse_one(args, model_params, enc):
 
 def analyse_file(args, model_params, enc):
     from tqdm import tqdm
-    from model import decoding
     with open(args.input_file, encoding="utf-8", errors="strict") as f:
         texts = f.read().splitlines()
     if not texts:
         cli.fail("input file %s holds no texts" % args.input_file)
-    C = model_params["num_contexts"]
-    queries = make_queries(args, model_params, enc, texts)
+    queries = cli_infer.make_queries(args, model_params, enc, texts)
     notes(args, model_params, queries)
-    B = min(args.batch_size, len(queries))
-    results = [None] * len(queries)
-    if args.no_token_drop:
-        # Padding never changes a row's result when every token gets its expert.
-        groups = {decoding.bucket(max(len(q.ids) for q in queries), C): list(range(len(queries)))}
-    else:
-        # Expert capacity depends on the length: run each length at that length.
-        groups = {}
-        for k, q in enumerate(queries):
-            groups.setdefault(len(q.ids), []).append(k)
     with tqdm(total=len(queries), unit="text", file=sys.stderr, disable=args.no_progress) as bar:
-        for length, members in sorted(groups.items()):
-            model = Model(args, model_params, min(B, len(members)), length)
-            for start in range(0, len(members), model.batch_size):
-                rows = members[start:start + model.batch_size]
-                for k, result in zip(rows, model.run([queries[k] for k in rows], enc)):
-                    results[k] = result
-                bar.update(len(rows))
+        results = cli_infer.score_all(args, model_params, enc, queries, bar.update)
     out = JsonLinesOutput(args.output)
     for result in results:
         out.add(result)
@@ -218,10 +123,7 @@ def analyse_file(args, model_params, enc):
 
 def main(args):
     check_args(args)
-    from model import decoding
-    decoding.check_tpu(args.tpu_nodes)
-    model_params = decoding.load_model_params(args.model)
-    enc = decoding.load_vocabulary(args.vocabulary, args.emoji, model_params["num_vocabulary"])
+    model_params, enc = cli_infer.load(args)
     try:
         if args.input_file:
             return analyse_file(args, model_params, enc)

@@ -38,11 +38,11 @@ class Sampling:
 
     def __init__(self, top_k=120, top_p=1.0, temperature=1.0, banned=(), end_id=None):
         if top_k < 0:
-            raise UserError("--top_k must be >= 0 (0 = no limit), got %d" % top_k)
+            raise ValueError("top_k must be >= 0 (0 = no limit), got %d" % top_k)
         if not 0.0 < top_p <= 1.0:
-            raise UserError("--top_p must be in (0, 1], got %g" % top_p)
+            raise ValueError("top_p must be in (0, 1], got %g" % top_p)
         if not 0.0 < temperature < float("inf"):  # also refuses nan
-            raise UserError("--temperature must be a finite number > 0, got %g" % temperature)
+            raise ValueError("temperature must be a finite number > 0, got %g" % temperature)
         self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
         self.banned, self.end_id = tuple(banned), end_id
 
@@ -451,101 +451,3 @@ def generate(decoder, prompts, num_precontext, max_generate, seed=0, spout=None,
         done = np.asarray(out["done"], bool)
         call += 1
     return results
-
-
-# ---------------------------------------------------------------------------
-# Inference plumbing shared by run_generate.py and run_languagemodel.py.
-
-def load_model_params(model_dir):
-    """parameters.json of a model directory that also holds a checkpoint;
-    user mistakes become UserError before any graph is built."""
-    from model import params as paramslib
-    if not os.path.isdir(model_dir):
-        raise UserError("model directory not found: %s" % model_dir)
-    try:
-        model_params = paramslib.load(model_dir)["model_params"]
-    except paramslib.ParameterError as e:
-        raise UserError(str(e))
-    runtime.latest_checkpoint(model_dir)
-    return model_params
-
-
-def load_vocabulary(vocab_file, emoji_file, num_vocabulary):
-    """The encoder for these files, checked against the model's vocabulary size."""
-    import encode_swe
-    for path, what in ((vocab_file, "vocabulary file"), (emoji_file, "emoji file")):
-        if not os.path.isfile(path):
-            raise UserError("%s not found: %s (pass --vocabulary/--emoji)" % (what, path))
-    # Compare sizes first: a foreign vocabulary may not even load.
-    check_vocabulary_size(vocab_file, num_vocabulary)
-    try:
-        enc = encode_swe.load_encoder(vocab_file, emoji_file)
-    except encode_swe.EmojiTableError as e:
-        raise UserError("cannot load the emoji table %s: %s" % (emoji_file, e))
-    except (OSError, ValueError) as e:
-        raise UserError("cannot load vocabulary %s: %s" % (vocab_file, e))
-    return enc
-
-
-def check_vocabulary_size(path, num_vocabulary):
-    """A vocabulary file holds one id per line and no trailing newline (encode_swe's
-    rule); its size must be the model's num_vocabulary."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise UserError("vocabulary %s is not UTF-8 text" % path)
-    size = len(text.split("\n"))
-    if text.endswith("\n") and size == num_vocabulary + 1:
-        raise UserError("vocabulary %s ends with a newline, which would be an extra empty "
-                        "token; the file must not end with a newline" % path)
-    if size != num_vocabulary:
-        raise UserError("vocabulary %s has %d ids but the model has num_vocabulary %d; use "
-                        "the vocabulary the model was trained with" % (path, size, num_vocabulary))
-
-
-def check_tpu(tpu_nodes):
-    """TPU inference is not wired up; say so plainly instead of hanging on a
-    cluster resolver that cannot reach anything."""
-    if not tpu_nodes:
-        return
-    try:
-        import cloud_tpu_client  # noqa: F401
-        reason = "cannot reach TPU %r from this machine" % tpu_nodes
-    except ImportError:
-        reason = "cloud-tpu-client is not installed"
-    raise UserError("TPU inference needs cloud-tpu-client and a reachable TPU (%s); "
-                    "run without --tpu_nodes to use the local CPU/GPU" % reason)
-
-
-def control_ids(enc):
-    return {enc.startoftext, enc.inputmask, enc.separator, enc.nottoken, enc.bagoftoken,
-            enc.segmenter, enc.endoftext}
-
-
-def visible_ids(ids, enc, previous=None):
-    """The ids that make the text: stop at <|endoftext|>, <|bagoftoken|>
-    stands for the previous kept token repeated (as released: it adds that token
-    twice more; `previous` carries one from the context), other control tokens
-    are dropped. Byte tokens are kept (the released script dropped them)."""
-    controls = control_ids(enc)
-    kept = []
-    for i in ids:
-        if i == enc.endoftext:
-            break
-        if i == enc.bagoftoken:
-            last = kept[-1] if kept else previous
-            if last is not None:
-                kept += [last, last]
-        elif i not in controls:
-            kept.append(i)
-    return kept
-
-
-def last_visible(ids, enc):
-    kept = visible_ids(ids, enc)
-    return kept[-1] if kept else None
-
-
-def ids_to_text(ids, enc, previous=None):
-    return enc.decode(visible_ids(ids, enc, previous))

@@ -129,8 +129,8 @@ def check_vocabulary(path, model_params):
     if not path:
         return
     cli.require_file(path, "vocabulary file")
-    from model import decoding
-    decoding.check_vocabulary_size(path, model_params["num_vocabulary"])
+    from model import cli_infer
+    cli_infer.check_vocabulary_size(path, model_params["num_vocabulary"])
 
 
 def record_summaries(files):

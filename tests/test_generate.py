@@ -18,7 +18,7 @@ import pytest
 
 import tiny_model as tm
 from bench import baseline_decoding
-from model import decoding, runtime
+from model import decoding, runtime, text
 from model import params as paramslib
 from model.cli import UserError
 
@@ -141,10 +141,10 @@ def test_same_seed_same_tokens_on_a_2x2_mesh(sampler, model_dir, model_params, s
 
 def test_stream_sees_every_token_once_and_prints_the_final_text(model_dir, model_params,
                                                                  encoder):
-    import run_generate
+    from model import cli_infer
     out = io.StringIO()
     previous = WORDS[-1]
-    printer = run_generate.StreamPrinter(encoder, previous, out=out)
+    printer = cli_infer.StreamPrinter(encoder, previous, out=out)
     seen = []
 
     def on_emit(step, tokens, active):
@@ -157,7 +157,7 @@ def test_stream_sees_every_token_once_and_prints_the_final_text(model_dir, model
     dec.close()
     printer.finish()
     assert seen == result.tokens
-    assert out.getvalue() == decoding.ids_to_text(result.tokens, encoder, previous) + "\n"
+    assert out.getvalue() == text.ids_to_text(result.tokens, encoder, previous) + "\n"
 
 
 def test_text_rules_for_special_tokens(encoder):
@@ -165,9 +165,9 @@ def test_text_rules_for_special_tokens(encoder):
     word, other = 4486, 668  # 天気, 今日
     ids = [word, e.bagoftoken, e.segmenter, other, e.bagoftoken, e.startoftext, e.endoftext, word]
     # <|bagoftoken|> adds the previous kept token twice more (released rule).
-    assert decoding.visible_ids(ids, e) == [word] * 3 + [other] * 3
-    assert decoding.visible_ids([e.bagoftoken, word], e, previous=other) == [other] * 2 + [word]
-    assert decoding.ids_to_text(ids, e) == "天気" * 3 + "今日" * 3
+    assert text.visible_ids(ids, e) == [word] * 3 + [other] * 3
+    assert text.visible_ids([e.bagoftoken, word], e, previous=other) == [other] * 2 + [word]
+    assert text.ids_to_text(ids, e) == "天気" * 3 + "今日" * 3
 
 
 def test_windows_keep_recent_tokens_and_the_surviving_prefix():
@@ -242,7 +242,7 @@ def test_cli_input_file_writes_json_lines_and_never_overwrites(repo_root, model_
         assert 1 <= len(r["tokens"]) <= 12
         assert r["mean_logprob"] < 0
         assert not set(r["tokens"]) & set(BANNED)
-        assert r["text"] == decoding.ids_to_text(r["tokens"], encoder, decoding.last_visible(
+        assert r["text"] == text.ids_to_text(r["tokens"], encoder, text.last_visible(
             encoder.encode(r["context"]), encoder))
     before = output.read_bytes()
     again = run_script(repo_root, *args)

@@ -108,18 +108,23 @@ def test_input_file_batches_match_single_runs_and_see_both_sides(model_dir, voca
 
 
 def test_pos_vector_counts_positions_of_the_full_input(encoder):
-    import run_languagemodel
+    import argparse
+    from model import cli_infer, text
     tokens, ids = model_input(CONTEXT, encoder)
     n = len(ids)
 
     def index(pos):
-        return run_languagemodel.Query(CONTEXT, encoder, "[MASK]", pos, 32).pos_index
+        return text.Query(CONTEXT, encoder, "[MASK]", pos, 32).pos_index
 
     assert index(-1) == n - 1 and ids[n - 1] == tokens[-1]
     assert index(0) == 0 and index(-n) == 0 and index(n - 1) == n - 1
     for outside in (n, -n - 1):
-        with pytest.raises(UserError, match="outside the input"):
+        with pytest.raises(ValueError, match="outside the input"):
             index(outside)
+        # The command-line layer names the flag.
+        args = argparse.Namespace(mask="[MASK]", pos_vector=outside)
+        with pytest.raises(UserError, match="^--pos_vector .* outside the input"):
+            cli_infer.make_queries(args, {"num_contexts": 32}, encoder, [CONTEXT])
 
 
 def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):

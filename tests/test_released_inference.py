@@ -42,22 +42,22 @@ def model_dirs(released, tmp_path_factory):
 def run_cases(cases, model_dirs, train_mode, no_token_drop):
     """Each case of train_mode through run_languagemodel's Query/Model, one graph per length."""
     import run_languagemodel as rl
-    from model import decoding
+    from model import cli_infer, text
     mine = [c for c in cases if c["train_mode"] == train_mode]
     model_dir = model_dirs[train_mode]
     parser = rl.build_parser()
     args = parser.parse_args(["--model", model_dir, "--context", "x"]
                              + (["--no_token_drop"] if no_token_drop else []))
-    mp = decoding.load_model_params(model_dir)
-    enc = decoding.load_vocabulary(args.vocabulary, args.emoji, mp["num_vocabulary"])
-    queries = [rl.Query(c["context"], enc, c["mask"], c["pos_vector"], mp["num_contexts"],
+    mp = cli_infer.load_model_params(model_dir)
+    enc = cli_infer.load_vocabulary(args.vocabulary, args.emoji, mp["num_vocabulary"])
+    queries = [text.Query(c["context"], enc, c["mask"], c["pos_vector"], mp["num_contexts"],
                         paramslib.fills_masks(mp)) for c in mine]
     results = [None] * len(mine)
     by_length = {}
     for k, q in enumerate(queries):
         by_length.setdefault(len(q.ids), []).append(k)
     for length, rows in by_length.items():
-        model = rl.Model(args, mp, len(rows), length)
+        model = cli_infer.Scorer(args, mp, len(rows), length)
         for k, r in zip(rows, model.run([queries[k] for k in rows], enc)):
             results[k] = r
     return mine, queries, results
@@ -198,14 +198,14 @@ def test_text_clean_up_equals_released_except_byte_tokens(released, encoder):
     """<|bagoftoken|> adds the previous kept token twice more, as released; the
     released script also dropped every id >= <|emoji12|> (byte tokens and
     emoji12), which this project keeps."""
-    from model import decoding
+    from model import text
     enc = encoder
     cases = released_lines(released, "generate_cleanup.jsonl")
     last_token = cases[0]["constants"]["LAST_TOKEN"]
     for c in cases:
-        ours = decoding.visible_ids(c["generated_ids"], enc)
+        ours = text.visible_ids(c["generated_ids"], enc)
         assert [i for i in ours if i < last_token] == c["ids_after_cleanup"]
-        assert any(i >= last_token and i not in decoding.control_ids(enc)
+        assert any(i >= last_token and i not in text.control_ids(enc)
                    for i in ours) or ours == c["ids_after_cleanup"]
 
 

@@ -346,19 +346,19 @@ def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
     vocab.write_text("".join("t%d\n" % k for k in range(40)))
     with pytest.raises(UserError, match="must not end with a newline"):
         check_vocabulary(str(vocab), {"num_vocabulary": 40})
-    from model import decoding       # the inference scripts' loader says the same
+    from model import cli_infer      # the inference scripts' loader says the same
     with pytest.raises(UserError, match="must not end with a newline"):
-        decoding.load_vocabulary(str(vocab), os.path.join(REPO, "emoji.json"), 40)
+        cli_infer.load_vocabulary(str(vocab), os.path.join(REPO, "emoji.json"), 40)
 
 
 def test_broken_emoji_table_is_named_as_the_emoji_table(tmp_path):
-    from model import decoding
+    from model import cli_infer
     from model.cli import UserError
     bad = tmp_path / "emoji.json"
     bad.write_text("{oops")
     vocab = os.path.join(REPO, "ja-swe36k.txt")
     with pytest.raises(UserError) as e:
-        decoding.load_vocabulary(vocab, str(bad), 36000)
+        cli_infer.load_vocabulary(vocab, str(bad), 36000)
     assert str(e.value).startswith("cannot load the emoji table %s" % bad)
 
 
