@@ -69,6 +69,7 @@ class OursDecode:
 def ours_train(mp):
     from bench_training import write_records
     from model import params as params_lib, runtime, train
+    from model import devices as devicelib
     params = params_lib.default_params(**{k: v for k, v in mp.items()})
     params["train_params"]["batch_size"] = TRAIN_BATCH
     length = mp["num_contexts"]
@@ -76,7 +77,7 @@ def ours_train(mp):
         write_records(os.path.join(d, "r.tfrecord"), 64, length, 36000)
         opts = train.TrainOptions(params=params, input_files=os.path.join(d, "*.tfrecord"),
                                   output_dir=os.path.join(d, "out"), max_training_step=3,
-                                  devices=runtime.Devices.local(mesh_shape="1x1"),
+                                  devices=devicelib.local(mesh_shape="1x1"),
                                   progress=False, log_every=0)
         trainer = train.Trainer(opts).start()
         trainer.run()

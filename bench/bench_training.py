@@ -25,6 +25,7 @@ def write_records(path, n, length, vocab, seed=0):
 
 def run(quick=False):
     from model import params as params_lib, runtime, train
+    from model import devices as devicelib
     length, vocab = 256, 36000
     params = params_lib.default_params(num_contexts=length, num_switch_layers=4, num_hidden=256,
                                        num_header=8, num_experts=8, num_vocabulary=vocab)
@@ -34,7 +35,7 @@ def run(quick=False):
         write_records(os.path.join(d, "r.tfrecord"), 64, length, vocab)
         opts = train.TrainOptions(params=params, input_files=os.path.join(d, "*.tfrecord"),
                                   output_dir=os.path.join(d, "out"), max_training_step=warmup,
-                                  devices=runtime.Devices.local(mesh_shape="1x1"),
+                                  devices=devicelib.local(mesh_shape="1x1"),
                                   progress=False, log_every=0)
         trainer = train.Trainer(opts).start()
         trainer.run()

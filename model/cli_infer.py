@@ -101,9 +101,9 @@ def load(args):
 
 
 def devices(args, model_params):
-    from model import runtime
-    return runtime.Devices.local(model_params["num_pallarelizm"], mesh_shape=args.mesh_shape,
-                                 cpu_devices=args.cpu_devices)
+    from model import devices as devicelib
+    return devicelib.local(model_params["num_pallarelizm"], mesh_shape=args.mesh_shape,
+                           cpu_devices=args.cpu_devices)
 
 
 # ---------------------------------------------------------------- spout

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from model import devices as devicelib
 from model import mesh as meshlib
 from model import network, runtime
 from model.cli import UserError
@@ -80,7 +81,7 @@ class Decoder:
         self.with_spout = with_spout
         self.activation_dtype = activation_dtype
         self.on_emit = on_emit
-        self.devices = devices or runtime.Devices.local(model_params["num_pallarelizm"])
+        self.devices = devices or devicelib.local(model_params["num_pallarelizm"])
         self.graph = tf.Graph()
         with self.graph.as_default():
             self._build()

@@ -17,6 +17,7 @@ import time
 
 from model import inputs as inputs_lib
 from model import mesh as meshlib
+from model import devices as devicelib
 from model import runtime, train
 from model.cli import UserError
 from model.compat import mtf, simd_mesh_impl, tf
@@ -158,7 +159,7 @@ def train_with_estimator(opts, mesh_shape, master=None, iterations_per_loop=100)
     if resumed:
         opts.init_checkpoint = None  # the estimator resumes from output_dir itself
     use_tpu = master is not None
-    devices = runtime.Devices.local(mp["num_pallarelizm"], mesh_shape, mesh_shape.size)
+    devices = devicelib.local(mp["num_pallarelizm"], mesh_shape, mesh_shape.size)
     run_config = tf.estimator.tpu.RunConfig(
         master=master, model_dir=opts.output_dir,
         session_config=None if use_tpu else devices.config,

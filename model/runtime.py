@@ -1,6 +1,6 @@
 """Building, lowering and running a mesh-tensorflow graph; loading checkpoints.
 
-Shared by every script: one way to pick devices, one way to restore weights,
+Shared by every script: one way to restore weights,
 one way to turn a mismatch between a checkpoint and parameters.json into a
 clear message instead of a TensorFlow stack trace.
 """
@@ -8,52 +8,11 @@ import os
 
 import numpy as np
 
+from model import devices as devicelib
 from model import mesh as meshlib
 from model import network
 from model.cli import UserError
 from model.compat import mtf, tf
-
-
-class Devices:
-    """Where the mesh runs: a mesh shape, one device string per mesh slot, and
-    the session target/config that makes those devices exist."""
-
-    def __init__(self, shape, devices, config, target=""):
-        self.shape, self.devices, self.config, self.target = shape, devices, config, target
-
-    @classmethod
-    def local(cls, num_pallarelizm=1, mesh_shape=None, cpu_devices=None):
-        """GPUs when visible, else the CPU split into `cpu_devices` logical devices."""
-        if mesh_shape is not None:
-            shape = meshlib.parse_mesh_shape(mesh_shape) if isinstance(mesh_shape, str) else mesh_shape
-        else:
-            shape = None
-        n_cpu = cpu_devices or (shape.size if shape is not None else 1)
-        config = meshlib.session_config(n_cpu)
-        gpus = [] if cpu_devices else _visible_gpus()
-        if gpus:
-            n = shape.size if shape is not None else len(gpus)
-            devices = gpus[:n]
-        else:
-            n = shape.size if shape is not None else n_cpu
-            devices = meshlib.cpu_device_names(n)
-            devices = [devices[k % n_cpu] for k in range(n)]
-        if shape is None:
-            shape = meshlib.mesh_shape(len(devices), min(num_pallarelizm, len(devices)))
-        if len(devices) < shape.size:
-            raise UserError("mesh %s needs %d devices but only %d are available "
-                            "(use --cpu_devices or --mesh_shape)" % (shape, shape.size, len(devices)))
-        return cls(shape, devices[:shape.size], config)
-
-
-def _visible_gpus():
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return []
-    try:
-        import tensorflow as tf2
-        return ["/device:GPU:%d" % i for i in range(len(tf2.config.list_physical_devices("GPU")))]
-    except Exception:  # no CUDA runtime: plain CPU
-        return []
 
 
 def import_tensor(mesh, tensor, dims):
@@ -106,7 +65,7 @@ class Forward:
                  with_pos_vector=False, past_length=0, activation_dtype=tf.float32, seed=None,
                  token_drop=False):
         self.params = model_params
-        self.devices = devices or Devices.local(model_params["num_pallarelizm"])
+        self.devices = devices or devicelib.local(model_params["num_pallarelizm"])
         self.graph = tf.Graph()
         with self.graph.as_default():
             if seed is not None:

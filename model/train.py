@@ -16,6 +16,7 @@ import numpy as np
 
 from model import inputs as inputs_lib
 from model import mesh as meshlib
+from model import devices as devicelib
 from model import network, optimizer, params as params_lib, runtime
 from model.cli import UserError
 from model.compat import mtf, tf
@@ -42,7 +43,7 @@ class TrainOptions:
     ignore_parameters: List[str] = field(default_factory=list)  # frozen variable names
     init_checkpoint: Optional[str] = None  # weights to start from when output_dir is empty
     force: bool = False  # start from scratch over checkpoint files that cannot be restored
-    devices: Optional[runtime.Devices] = None
+    devices: Optional[devicelib.Devices] = None
     seed: int = 0
     router_jitter: float = 1e-2
     progress: bool = True
@@ -239,7 +240,7 @@ class Trainer:
         self.opts = opts
         self.model_params = opts.params["model_params"]
         self.train_params = opts.params["train_params"]
-        self.devices = opts.devices or runtime.Devices.local(self.model_params["num_pallarelizm"])
+        self.devices = opts.devices or devicelib.local(self.model_params["num_pallarelizm"])
         check_options(opts, self.devices.shape.dims[0].size)
         self.graph = tf.Graph()
         with self.graph.as_default():

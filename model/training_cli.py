@@ -247,9 +247,12 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
 
 
 def _train_in_session(args, opts):
-    from model import cluster, train
+    from model import devices as devicelib
+    from model import train
 
-    opts.devices = cluster.devices_from_args(args, opts.params["model_params"])
+    opts.devices = devicelib.resolve(opts.params["model_params"]["num_pallarelizm"],
+                                     args.mesh_shape, args.cpu_devices, args.worker_hosts,
+                                     args.task_index)
     if opts.devices is None:  # a non-chief worker served its devices until the chief finished
         return None
     trainer = train.Trainer(opts)
@@ -267,26 +270,15 @@ def _train_in_session(args, opts):
 
 
 def _train_with_estimator(args, opts):
-    from model import cluster, estimator, mesh as meshlib
+    from model import devices as devicelib
+    from model import estimator
 
     if args.iterations_per_loop < 1:
         cli.fail("--iterations_per_loop must be at least 1")
     if args.worker_hosts:
         cli.fail("--worker_hosts is for GPU/CPU clusters; a TPU brings its own hosts")
-    master, cores = None, None
-    if args.tpu_nodes:
-        master, cores = cluster.resolve_tpu(args.tpu_nodes)
-    else:
-        cores = args.cpu_devices or 1
-    try:
-        shape = (meshlib.parse_mesh_shape(args.mesh_shape) if args.mesh_shape else
-                 meshlib.mesh_shape(cores, min(opts.params["model_params"]["num_pallarelizm"],
-                                               cores)))
-    except ValueError as e:
-        cli.fail(str(e))
-    if master is not None and shape.size != cores:
-        cli.fail("mesh %s needs %d TPU cores; %s has %d" % (shape, shape.size, args.tpu_nodes,
-                                                           cores))
+    shape, master = devicelib.tpu_mesh(opts.params["model_params"]["num_pallarelizm"],
+                                       args.tpu_nodes, args.mesh_shape, args.cpu_devices)
     print("TPUEstimator, mesh %s on %s" % (shape, master or "the host CPU"), file=sys.stderr)
     from model import checkpoints
     # A bucket path (gs://) cannot hold a lock file; a local directory is locked as the

@@ -21,6 +21,7 @@ import pytest
 import numpy_gptsan as ref
 import tiny_model
 from model import convert, network, params as paramslib, runtime
+from model import devices as devicelib
 from model.cli import UserError
 from model.compat import tf
 
@@ -104,7 +105,7 @@ def pretrain(params, records, output_dir, steps, clip_gradients=1.0):
     params["train_params"]["output_dir"] = output_dir
     opts = train.TrainOptions(params=params, input_files=records, output_dir=output_dir,
                               max_training_step=steps, progress=False, log_every=0,
-                              clip_gradients=clip_gradients, devices=runtime.Devices.local())
+                              clip_gradients=clip_gradients, devices=devicelib.local())
     trainer = train.Trainer(opts).start()
     summary = trainer.run()
     trainer.close()
@@ -131,7 +132,7 @@ def checkpoint_tensors(path):
 def logits(model_dir, tokens, spout=None):
     mp = paramslib.load(model_dir)["model_params"]
     forward = runtime.Forward(mp, tokens.shape[0], tokens.shape[1], with_spout=spout is not None,
-                              devices=runtime.Devices.local())
+                              devices=devicelib.local())
     try:
         return forward.restore(model_dir)(tokens, spout=spout)["logits"]
     finally:
@@ -391,7 +392,7 @@ def greedy_generate(model_dir, spouts, steps):
     mp = paramslib.load(model_dir)["model_params"]
     rows, start = len(spouts), len(PROMPT)
     forward = runtime.Forward(mp, rows, start + steps, with_spout=True,
-                              devices=runtime.Devices.local()).restore(model_dir)
+                              devices=devicelib.local()).restore(model_dir)
     tokens = np.zeros((rows, start + steps), np.int32)
     tokens[:, :start] = PROMPT
     try:

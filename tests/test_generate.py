@@ -19,6 +19,7 @@ import pytest
 import tiny_model as tm
 from bench import baseline_decoding
 from model import decoding, runtime, text
+from model import devices as devicelib
 from model import params as paramslib
 from model.cli import UserError
 
@@ -133,7 +134,7 @@ def test_same_seed_same_tokens(sampler):
 @pytest.mark.slow  # a 2x2 mesh lowers four copies of every op: ~30 s to build here
 def test_same_seed_same_tokens_on_a_2x2_mesh(sampler, model_dir, model_params, sampling):
     first, _ = sample(sampler, seed=5)
-    devices = runtime.Devices.local(mesh_shape="2x2")
+    devices = devicelib.local(mesh_shape="2x2")
     mesh_2x2 = decoding.Decoder(model_params, 4, 8, 20, sampling, devices=devices)
     assert sample(mesh_2x2.restore(model_dir), seed=5)[0] == first
     mesh_2x2.close()
@@ -152,7 +153,7 @@ def test_stream_sees_every_token_once_and_prints_the_final_text(model_dir, model
         printer(step, tokens, active)
 
     dec = decoding.Decoder(model_params, 2, 8, 20, decoding.Sampling(top_k=3, banned=BANNED),
-                           devices=runtime.Devices.local(mesh_shape="2x1"), on_emit=on_emit)
+                           devices=devicelib.local(mesh_shape="2x1"), on_emit=on_emit)
     result = decoding.generate(dec.restore(model_dir), [PROMPTS[0]] * 2, [0, 0], 20, seed=3)[0]
     dec.close()
     printer.finish()

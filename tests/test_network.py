@@ -13,6 +13,7 @@ import pytest
 import numpy_gptsan as ref
 from model import mesh as meshlib
 from model import network, params, runtime
+from model import devices as devicelib
 from model.cli import UserError
 from model.compat import mtf, tf
 
@@ -80,7 +81,7 @@ def cpu_mesh(mesh):
     """Logical CPU devices even where a GPU is visible: the same arithmetic on
     every machine, and a 2x2 mesh needs no 4 GPUs."""
     rows, cols = (int(n) for n in mesh.split("x"))
-    return runtime.Devices.local(mesh_shape=mesh, cpu_devices=rows * cols)
+    return devicelib.local(mesh_shape=mesh, cpu_devices=rows * cols)
 
 
 @pytest.fixture

@@ -249,13 +249,14 @@ def test_temperature_must_be_finite_and_positive(value):
 def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path, keep):
     import glob
     from model import convert, runtime
+    from model import devices as devicelib
     from model.cli import UserError
     from tests.tiny_model import make_model_dir, tiny_params as model_params
     p = model_params(num_vocabulary=64)
     src = make_model_dir(str(tmp_path / "src"), p)
     faults.truncate(sorted(glob.glob(os.path.join(src, "model.ckpt.data-*")))[0], keep)
     forward = runtime.Forward(p["model_params"], batch_size=1, length=4,
-                              devices=runtime.Devices.local())
+                              devices=devicelib.local())
     with pytest.raises(UserError, match="damaged|cannot read"):
         forward.restore(src)
     forward.close()

@@ -51,11 +51,11 @@ def records(tmp_path_factory):
 
 
 def make_trainer(records, out, steps, mesh="1x1", **kw):
-    from model import runtime, train
+    from model import devices as devicelib, train
     kw.setdefault("router_jitter", 0.0)
     opts = train.TrainOptions(params=kw.pop("params", tiny_params(str(out))), input_files=records,
                               output_dir=str(out), max_training_step=steps,
-                              devices=runtime.Devices.local(mesh_shape=mesh), progress=False,
+                              devices=devicelib.local(mesh_shape=mesh), progress=False,
                               log_every=0, **kw)
     return train.Trainer(opts).start()
 
@@ -301,10 +301,10 @@ def test_run_training_through_the_estimator_on_a_2x2_cpu_mesh(records, tmp_path)
 
 
 def test_unreachable_tpu_is_a_one_line_error_within_the_timeout():
-    from model import cluster
+    from model import devices as devicelib
     from model.cli import UserError
     t = time.time()
     # A closed port on this machine: the resolver would wait for it forever.
     with pytest.raises(UserError, match="did not answer within 8 s"):
-        cluster.resolve_tpu("grpc://127.0.0.1:%d" % free_port(), timeout=8)
+        devicelib.resolve_tpu("grpc://127.0.0.1:%d" % free_port(), timeout=8)
     assert time.time() - t < 30

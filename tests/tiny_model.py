@@ -32,6 +32,7 @@ def make_model_dir(path, params=None, seed=0, output_bias=None):
     output_bias: {token id: value} added to the vocabulary bias `model/wob`.
     """
     from model import runtime
+    from model import devices as devicelib
     from model.compat import tf
 
     params = params or tiny_params()
@@ -39,7 +40,7 @@ def make_model_dir(path, params=None, seed=0, output_bias=None):
     os.makedirs(path, exist_ok=True)
     forward = runtime.Forward(model_params, batch_size=1, length=1, seed=seed,
                               with_spout=bool(model_params.get("num_spout")),
-                              devices=runtime.Devices.local())
+                              devices=devicelib.local())
     forward.init_random()
     with forward.graph.as_default():
         for var in forward.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):

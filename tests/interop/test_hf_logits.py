@@ -27,8 +27,9 @@ PREFIXES = (0, 5)  # plain causal, and a bidirectional prefix of 5 tokens
 
 def ours(model_dir, model_params, tokens, prefix, spout):
     from model import runtime
+    from model import devices as devicelib
     forward = runtime.Forward(model_params, batch_size=tokens.shape[0], length=tokens.shape[1],
-                              with_spout=spout is not None, devices=runtime.Devices.local())
+                              with_spout=spout is not None, devices=devicelib.local())
     forward.restore(model_dir)
     inputs = {"num_precontext": np.full([tokens.shape[0]], prefix, np.int32)}
     if spout is not None:
