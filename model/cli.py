@@ -9,9 +9,7 @@ import os
 import sys
 import warnings
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing file, wrong vocabulary)."""
+from model.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import time
 
 from model import mesh as meshlib
 from model import runtime
-from model.cli import UserError
+from model.errors import UserError
 
 CONNECT_TIMEOUT_S = 60
 

@@ -18,7 +18,7 @@ import time
 from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import runtime, train
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, simd_mesh_impl, tf
 
 SUMMARY_KEYS = ("loss", "aux_loss", "learning_rate")
@@ -144,7 +144,7 @@ def check_resumable(output_dir):
     latest = tf.train.latest_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if latest and "global_step" not in dict(tf.train.list_variables(latest)):
         raise UserError("%s holds model weights without training state; with the TPUEstimator "
-                        "path, write checkpoints to another --output_dir (the weights are "
+                        "path, write checkpoints to another output directory (the weights are "
                         "read from this one)" % output_dir)
     return latest
 

@@ -7,7 +7,7 @@ y: [batch, num_context], num_input: [batch], i: [batch]}, all int32.
 
 TensorFlow is imported on first use, so tools can import this module cheaply.
 """
-from model.cli import UserError
+from model.errors import UserError
 
 FEATURES = ("x", "y", "num_input", "i")
 SHUFFLE_BUFFER = 1024
@@ -89,7 +89,7 @@ def check_record_files(file_pattern, num_context):
     files = list_record_files(file_pattern)
     for path in files:
         if os.path.isdir(path):
-            raise UserError("--input_files names a directory, not a record file: %s "
+            raise UserError("input pattern names a directory, not a record file: %s "
                             "(use a glob such as %s/*.tfrecord)" % (path, path.rstrip("/")))
         if "://" not in path and not os.access(path, os.R_OK):
             raise UserError("cannot read record file %s (permission denied)" % path)

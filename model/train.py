@@ -17,7 +17,7 @@ import numpy as np
 from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import network, optimizer, params as params_lib, runtime
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 SPOUT_CHOICES = ("none", "uniform", "onehot", "stateless_uniform", "half_onehot")

@@ -21,7 +21,7 @@ import pytest
 import numpy_gptsan as ref
 import tiny_model
 from model import convert, network, params as paramslib, runtime
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ import tiny_model as tm
 from bench import baseline_decoding
 from model import decoding, runtime
 from model import params as paramslib
-from model.cli import UserError
+from model.errors import UserError
 
 C = 32
 BANNED = (tm.NOTTOKEN, tm.SEPARATOR)

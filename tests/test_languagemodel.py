@@ -16,7 +16,7 @@ import pytest
 import tiny_model as tm
 from model import params as paramslib
 from model import runtime
-from model.cli import UserError
+from model.errors import UserError
 
 CONTEXT = "今日の[MASK]は晴れ[MASK]"
 # Same as CONTEXT except the last word: a bidirectional prefix lets the first

@@ -13,7 +13,7 @@ import pytest
 import numpy_gptsan as ref
 from model import mesh as meshlib
 from model import network, params, runtime
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 BATCH = 2

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import cli  # noqa: E402
 from model.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from model.cli import UserError  # noqa: E402
+from model.errors import UserError  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_NAME, EMOJI_NAME = "ja-swe36k.txt", "emoji.json"
