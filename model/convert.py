@@ -13,9 +13,10 @@ position per layer. `convert` writes such a model directory:
                         will never use them).
   DST/parameters.json   SRC's, with num_ext_layers (and num_spout) increased.
   DST/ignore-params.json  the frozen set: every model variable copied from SRC
-                        except the spout projection `pasts/*` (the issue wants
-                        it to train with the extension layers; pass
-                        freeze_spout to freeze SRC's spout too).
+                        except the spout projection `pasts/*` (it trains with
+                        the extension layers, so that a spout the source never
+                        learnt can adapt; pass freeze_spout to freeze SRC's
+                        spout too).
 
 New layer i continues SRC's layer numbering (att{i}, an{i}, mlp{i}, ln{i}).
 Variable names and shapes come from network.py itself (the mtf graph of the

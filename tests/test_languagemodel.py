@@ -1,6 +1,6 @@
 """run_languagemodel.py: MASK filling, scores, hidden-state vectors, errors.
 
-Expected outputs are assembled here from the issue's rules — input
+Expected outputs are assembled here from the released script's rules — input
 [<|startoftext|>] + tokens + [<|endoftext|>], every context token in the
 prefix, argmax at masks, copy elsewhere, score = logit of the next input
 token — over logits from a plain runtime.Forward pass.
