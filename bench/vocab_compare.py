@@ -130,7 +130,7 @@ def variant_spellings(lines):
 
 
 def sequence_spellings(lines):
-    from tools.vocab_sources import SELECTOR_RANGES, in_ranges
+    from tools._vocab_sources import SELECTOR_RANGES, in_ranges
     return sum(1 for spellings in lines for s in spellings[1:]
                if any(in_ranges(c, SELECTOR_RANGES) for c in s))
 

@@ -120,6 +120,7 @@ def model_variable_shapes(model_params):
 
 
 def is_optimizer_state(name):
+    """Adam slots, loss scale and step: training state, not model weights."""
     return name.endswith(ADAM_SLOTS) or name.startswith("loss_scale") or name == "global_step"
 
 

@@ -460,12 +460,7 @@ def load_model_params(model_dir):
     """parameters.json of a model directory that also holds a checkpoint;
     user mistakes become UserError before any graph is built."""
     from model import params as paramslib
-    if not os.path.isdir(model_dir):
-        raise UserError("model directory not found: %s" % model_dir)
-    try:
-        model_params = paramslib.load(model_dir)["model_params"]
-    except paramslib.ParameterError as e:
-        raise UserError(str(e))
+    model_params = paramslib.load_model_dir(model_dir)["model_params"]
     runtime.latest_checkpoint(model_dir)
     return model_params
 

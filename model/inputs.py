@@ -59,12 +59,19 @@ def _feature_spec(num_context):
             "i": tf.io.FixedLenFeature([1], tf.int64)}
 
 
-def record_context_length(path):
-    """num_context of the first record in `path` (None for an empty file)."""
+def iter_examples(path):
+    """The records of one file in file order, each {feature: list of ints}, read
+    eagerly (no graph; for scans and small evaluations, not for training)."""
     tf = _tf()
     for data in tf.io.tf_record_iterator(path):
-        example = tf.train.Example.FromString(data)
-        return len(example.features.feature["x"].int64_list.value)
+        feature = tf.train.Example.FromString(data).features.feature
+        yield {name: list(feature[name].int64_list.value) for name in FEATURES}
+
+
+def record_context_length(path):
+    """num_context of the first record in `path` (None for an empty file)."""
+    for example in iter_examples(path):
+        return len(example["x"])
     return None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import network, optimizer, params as params_lib, runtime
+from model.convert import is_optimizer_state as is_training_state
 from model.errors import UserError
 from model.compat import mtf, tf
 
@@ -397,10 +398,6 @@ class Trainer:
         lock = getattr(self, "lock", None)
         if lock is not None:
             lock.release()
-
-
-def is_training_state(name):
-    return "/adam_" in name or name.startswith("loss_scale") or name == "global_step"
 
 
 def _has_training_state(path, graph):

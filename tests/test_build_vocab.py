@@ -22,7 +22,7 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 TOOL = os.path.join(REPO, "tools", "build_vocab.py")
 sys.path.insert(0, REPO)
 
-from tools import build_vocab, vocab_sources  # noqa: E402
+from tools import build_vocab, _vocab_sources as vocab_sources  # noqa: E402
 
 SIZE = 4600  # small, above the fixed part (core characters, enclosed-form units, tail)
 

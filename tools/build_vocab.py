@@ -13,101 +13,13 @@ The committed files are rebuilt byte for byte (Python 3.11, Debian 12
 shards. debian-reference-ja is held out: bench/vocab_compare.py measures the
 vocabulary on it, so it must not be used for building.
 
-Output format (the released GPTSAN layout): line number = token id, no trailing
-newline; a line with commas lists spellings that share the id, canonical first
-(the one decode emits); a line that is exactly "," is the comma token. The last
-285 ids are <BR> <SP> <TAB> <URL> <EMAIL> <TEL> <DATE> <PRICE> <BLOCK> <KIGOU>
-<U2000U2BFF>, <|emoji1|>..<|emoji12|>, <|byte0|>..<|byte254|>, then
-<|startoftext|> <|inputmask|> <|separator|> <|nottoken|> <|bagoftoken|>
-<|segmenter|> <|endoftext|>.
-
-Characters. Core (always present): printable ASCII, JIS X 0208 non-kanji rows
-and level-1 kanji, the Joyo kanji, full-width forms and CJK/general
-punctuation. Optional, ranked by corpus count, then JIS X 0208 level 2 before
-JIS X 0213 additions before other characters seen >= 3 times in the corpus,
-then code point: added while characters hold less than half of the ids before
-the tail. Never entries: spaces, tabs and line breaks, control characters, "—"
-and "−" (the encoder rewrites all of these first), and single-code-point
-emoji (the encoder replaces them before matching).
-
-Variant spellings (異体字) share their canonical character's line:
-  * ideographs are grouped through Unicode data and KANJIDIC2, strongest link
-    first: NFKC of Kangxi radicals and CJK compatibility ideographs,
-    EquivalentUnifiedIdeograph (CJK radicals: ⻑ -> 長) and kCompatibilityVariant;
-    the kJinmeiyoKanji old-form pointers ("2010:U+5FDC": 應 -> 応, which
-    kTraditionalVariant does not give) and the kJoyoKanji pointers (剥, which the
-    Joyo table accepts for 剝); kZVariant (and kSemanticVariant entries a
-    dictionary marks ":Z", 崎/﨑); KANJIDIC2's <variant> code points (jis208,
-    jis212, jis213 kuten codes through the euc_jp / euc_jis_2004 codecs, and ucs;
-    the Japanese old/new pairs Unihan lacks: 總 -> 総, 犧 -> 犠, 經 -> 経; its
-    dictionary-index "variants" such as nelson_c point at a dictionary entry, often
-    a synonym (獲 -> 得), and are not used); kSemanticVariant; kTraditionalVariant
-    only where the simplified form is a Joyo kanji and the traditional one is not
-    (會 -> 会, 學 -> 学, 國 -> 国, while 後/后 and 裏/里 stay apart); then
-    kSpecializedSemanticVariant and kSimplifiedVariant, which only attach
-    characters outside the character set (还 -> 還) and never merge two that
-    Japanese text uses (来/耒). kSpoofingVariant (look-alikes) is not a variant
-    relation and is not used. Japanese safety: never merge two characters that
-    Japanese text uses as different characters. A group never holds two Joyo
-    kanji (机/機, 坂/阪, 崎/埼 stay apart; 芸/藝 merge since 藝 is not Joyo), and a
-    variant joins a group only if it is not itself the base of another group:
-    two groups that both hold vocabulary characters join only through a direct
-    link between their bases (a group's Joyo kanji, or its only vocabulary
-    character), so no chain through a variant or a rare code point merges two
-    words (卓 -> 桌 does not bring 棹 and 櫂, which Unihan links to 桌). Within one
-    kind, links to a Joyo kanji come first. The canonical form is the Joyo member
-    (or a form the Joyo table accepts, the more frequent winning: 剥 before 剝),
-    else the lowest tier, else the most frequent in the corpus. Known limits of
-    the data: Unihan links some Chinese mergers the same way as kyūjitai (瀋
-    joins 沈; 椎/槌 are direct semantic variants) and neither source has the large
-    itaiji tables of the released vocabulary (日 with 𡆠 囸 曰 ...);
-  * variation sequences: an ideograph followed by a variation selector (葛 + U+E0100),
-    a registered glyph variant of that character, is a spelling of its line, for
-    the character and each of its variants (學 + VS on 学's line). Registered
-    sequences: the CJK compatibility lines of StandardizedVariants.txt and the
-    format 14 cmap subtables of --ivs_fonts (Adobe-Japan1 in Noto CJK, Moji_Joho in
-    IPAmj Mincho); selectors U+FE00-FE0F and U+E0100-E01EF on ideographs only;
-  * ゐ ゑ ヰ ヱ -> い え イ エ; half-width katakana and punctuation -> full width
-    (NFKC; ﾞ ﾟ -> ゛ ゜); kana + sound mark (spacing or combining) -> the
-    composed kana (か゛ -> が, ｶﾞ -> ガ);
-  * enclosed, parenthesised and squared forms -> NFKC without the outer
-    parentheses (㈱ -> 株, ① -> 1, ⒉ -> 2., ㍻ -> 平成); a target of two or
-    three characters is always a unit line.
-A unit lists the product of its characters' glyph variants (ideograph groups and
-historical kana; 慶應 on the 慶応 line), fewest substitutions first, at most
-MAX_SPELLINGS_PER_UNIT, plus its all-half-width spelling when every character
-has one (ﾌｧｲ; never the mixed ファｲ), then for a 2-character unit each of those
-products with one variation sequence (日 + U+E0100 + 本; three code points, the
-most the encoder looks at).
-
-Units (2-3 characters) and ids. The encoder looks at the 1-, 2- and
-3-character prefixes of the text at each position and takes the LOWEST id, so
-a unit helps only if its id is below the ids of its prefixes (in the released
-vocabulary 12,366 lines can never be chosen: ている loses to てい). Every unit is
-therefore placed before every single character, and a 3-character unit before
-its 2-character prefix, so the encoder does greedy longest match. A unit stays
-inside one script (kanji, hiragana, katakana, ASCII letters and digits, ASCII
-symbols), except that kanji may be followed by hiragana (使用し): する場 or
-ルの, which cross a word boundary, are never units. Units start as the most
-frequent such substrings of the folded corpus (count x characters saved), then
-REFINE_PASSES rounds segment the corpus by longest match and re-rank them by
-the tokens they actually save. Kanji compounds get their share: KANJI_UNIT_SHARE
-(--kanji_unit_share) of the unit ids are reserved for all-kanji units (熟語: 設定,
-日本語), the best of them by the same score ranked among themselves; the other
-ids go to the best of all remaining candidates, kanji or not. Kanji compounds
-generalise beyond the build corpus, where kana and ASCII units are often pieces
-of Debian's own wording (このよ, れるこ), and they carry the variant spellings
-(異体字) users type: a unit lists the product of its characters' variants. On
-the Debian corpus the default 0.4 takes nearly every all-kanji gram that
-occurs as a whole kanji run, between kana, ASCII or punctuation (6,068 of
-6,107 such units at the largest share); larger shares reach the
-corpus's supply of all-kanji grams seen twice near 0.64 (more variant
-spellings, but almost all on pieces of longer compounds: 験値, 黙裏). If the
-corpus has fewer all-kanji candidates than the share asks for, the rest of the
-reserved ids go to other units. Units are ordered by how often that
-segmentation uses them, a 3-character unit pulled up to sit just before its
-prefix; characters by corpus count. Ties break on the spelling, so the same
-inputs give byte-identical files.
+What it writes and how it chooses the lines (the released layout, the character
+set, variant spellings, units and their ids) is specified in README.md, section
+"How tools/build_vocab.py chooses lines"; in short: the released GPTSAN tail of
+285 fixed tokens, a core character set plus corpus-ranked extras, variant
+spellings (異体字) from Unihan, KANJIDIC2 and registered variation sequences
+(tools/_vocab_sources.py reads those), and 2-3 character units placed before
+every single character so that the encoder's lowest-id rule is a longest match.
 """
 import collections
 import itertools
@@ -122,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import cli  # noqa: E402
 from model.atomic import write_text_atomic  # noqa: E402
 from model.tokens import BYTE_TOKENS, NAMED_TOKENS, SPECIAL_TOKENS  # noqa: E402
-from tools.vocab_sources import (  # noqa: E402
+from tools._vocab_sources import (  # noqa: E402
     ATTACH_ONLY_LINKS, IVS_FONT_PATHS, KANJIDIC_PATH, LINK_COMPATIBILITY, UnicodeData, decodable,
     in_ranges)
 
@@ -137,7 +49,7 @@ MIN_EXTRA_CHAR_COUNT = 3
 CHARACTER_SHARE = 0.5
 REFINE_PASSES = 4
 CANDIDATE_POOL_FACTOR = 3
-KANJI_UNIT_SHARE = 0.4  # share of unit ids reserved for all-kanji units (docstring)
+KANJI_UNIT_SHARE = 0.4  # share of unit ids reserved for all-kanji units (README)
 MAX_SPELLINGS_PER_UNIT = 64
 
 # The encoder rewrites these before matching, so an entry for them would never be used.

@@ -431,6 +431,8 @@ def parser():
 
 
 def main(args):
+    if os.path.exists(args.output) and not args.force:
+        cli.fail("%s already exists; pass --force to replace it" % args.output)
     if args.command == "import":
         result = import_hf(args.src, args.output, args.dtype, args.force,
                            progress=not args.no_progress)
