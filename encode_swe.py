@@ -74,8 +74,8 @@ byte; text that looks like a vocabulary entry starting with "<" (e.g. "<SP>",
 "<|endoftext|>") -> that token's decoding.  With clean=True, the substitutions
 of rule 3 are not undone.
 
-Command line
-------------
+Command line (model/encode_cli.py)
+----------------------------------
   python encode_swe.py encode [FILES] [--clean] [--num_process N] [--output F]
   python encode_swe.py decode [FILES] [--breakline S]
   python encode_swe.py count  [FILES] [--clean]
@@ -92,17 +92,14 @@ import sys
 
 import numpy as np
 
+from model.tokens import BYTE_TOKENS, NAMED_TOKENS, SPECIAL_TOKENS  # noqa: F401 (public)
+
 _REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_VOCAB = os.path.join(_REPO, "ja-swe36k.txt")
 DEFAULT_EMOJI = os.path.join(_REPO, "emoji.json")
 
-SPECIAL_TOKENS = ("<|startoftext|>", "<|inputmask|>", "<|separator|>", "<|nottoken|>",
-                  "<|bagoftoken|>", "<|segmenter|>", "<|endoftext|>")
 SPECIAL_NAMES = ("startoftext", "inputmask", "separator", "nottoken",
                  "bagoftoken", "segmenter", "endoftext")
-NAMED_TOKENS = ("<BR>", "<SP>", "<TAB>", "<URL>", "<EMAIL>", "<TEL>", "<DATE>", "<PRICE>",
-                "<BLOCK>", "<KIGOU>", "<U2000U2BFF>")
-BYTE_TOKENS = tuple("<|byte%d|>" % b for b in range(255))  # 0xFF never occurs in UTF-8
 
 # The released vocabulary repeats six spellings on two lines each (きぃ, キィ, ゐ,
 # ゑ, ヴ, 〇); it is accepted with the released encoder's resolution (later line wins).
@@ -1047,149 +1044,7 @@ def encode_files(paths, clean=False, num_process=1, vocab_file=None, emoji_file=
                 pool.terminate()
 
 
-# --------------------------------------------------------------------- command line
-
-_EPILOG = """\
-formats:
-  encode  one JSON object per input file and line: {"file": NAME, "ids": [ID, ...]}
-          (NAME is "-" for standard input)
-  decode  reads lines that are such objects, JSON arrays of ids, or ids separated
-          by spaces; writes each line's text followed by a newline
-  count   "TOKENS<tab>NAME" per input file, then "TOKENS<tab>total" for several
-
-examples:
-  python encode_swe.py encode --clean a.txt b.txt --num_process 2 > ids.jsonl
-  python encode_swe.py decode ids.jsonl
-  echo 今日の天気 | python encode_swe.py count
-"""
-
-
-def build_parser():
-    from model import cli
-
-    class Parser(cli.ArgumentParser):
-        def parse_args(self, args=None, namespace=None):
-            return self.parse_intermixed_args(args, namespace)  # files after options too
-
-    parser = Parser(
-        prog="encode_swe.py", epilog=_EPILOG,
-        description="Encode Japanese text into GPTSAN token ids, decode ids back into "
-                    "text, or count tokens (files or standard input).")
-    parser.add_argument("command", choices=("encode", "decode", "count"))
-    parser.add_argument("files", nargs="*", default=[], help="input files; none: standard input")
-    parser.add_argument("--vocabulary", default=DEFAULT_VOCAB, help="vocabulary file")
-    parser.add_argument("--emoji", default=DEFAULT_EMOJI, help="emoji table")
-    parser.add_argument("--clean", action="store_true",
-                        help="encode/count: also replace URLs, e-mail addresses, phone "
-                             "numbers, dates, prices and box drawing by <URL> ... <BLOCK>")
-    parser.add_argument("--num_process", type=int, default=1,
-                        help="encode/count: worker processes over several files")
-    parser.add_argument("--breakline", default="\\n",
-                        help="decode: text written for <BR> (\\n, \\t and \\r are understood)")
-    parser.add_argument("--output", default="-", help="output file, '-' for standard output")
-    parser.add_argument("--force", action="store_true", help="overwrite --output")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _check_arguments(args, cli):
-    hint = "Pass --vocabulary/--emoji (the released files are ../shared/reference/" \
-           "ja-swe36k.txt and emoji.json) or build them with tools/build_vocab.py"
-    cli.require_file(args.vocabulary, "vocabulary", hint)
-    cli.require_file(args.emoji, "emoji table", hint)
-    for path in args.files:
-        cli.require_file(path, "input file")
-    if args.num_process < 1:
-        cli.fail("--num_process must be at least 1, got %d" % args.num_process)
-    if args.output != "-" and os.path.exists(args.output) and not args.force:
-        cli.fail("%s exists; pass --force to overwrite it" % args.output)
-    if args.output != "-":
-        cli.check_output_file(args.output, force=True)
-
-
-def _encoded(args):
-    """(name, ids) per input, files in parallel when asked, standard input otherwise."""
-    if not args.files:
-        try:  # the same strictness as for files: bad bytes are an error, not U+FFFD
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            cli.fail("standard input is not UTF-8 text (byte %d); convert it first" % e.start)
-        yield "-", load_encoder(args.vocabulary, args.emoji).encode(text, args.clean)
-        return
-    yield from encode_files(args.files, args.clean, args.num_process, args.vocabulary,
-                            args.emoji, progress=not args.no_progress)
-
-
-def _id_lists(lines, cli):
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line) if line[0] in "[{" else [int(x) for x in line.split()]
-            ids = record["ids"] if isinstance(record, dict) else record
-            yield [int(i) for i in ids]
-        except (ValueError, KeyError, TypeError):
-            cli.fail("line %d: expected a JSON object with \"ids\", a JSON array of ids or "
-                     "ids separated by spaces" % number)
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
-
-
-def _decode_inputs(paths, cli):
-    for path in paths or ["-"]:
-        if path == "-":
-            yield from _id_lists(sys.stdin, cli)
-        else:
-            with open(path, encoding="utf-8") as f:
-                yield from _id_lists(f, cli)
-
-
-def _write_lines(args, lines):
-    if args.output == "-":
-        for line in lines:
-            sys.stdout.write(line + "\n")
-        return
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)  # as run_generate does for its --output
-    temporary = os.path.join(folder, ".%s.%d.tmp" % (os.path.basename(args.output), os.getpid()))
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(temporary, args.output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def main(args):
-    from model import cli
-    _check_arguments(args, cli)
-    try:
-        encoder = load_encoder(args.vocabulary, args.emoji)
-        if args.command == "encode":
-            lines = (json.dumps({"file": name, "ids": ids}) for name, ids in _encoded(args))
-        elif args.command == "count":
-            lines = _counts(_encoded(args), len(args.files))
-        else:
-            breakline = re.sub(r"\\[ntr]", lambda m: _ESCAPES[m.group()[1]], args.breakline)
-            lines = (encoder.decode(ids, breakline) for ids in _decode_inputs(args.files, cli))
-        _write_lines(args, lines)
-    except (VocabularyError, ValueError) as e:
-        cli.fail(str(e))
-
-
-def _counts(encoded, files):
-    total = 0
-    for name, ids in encoded:
-        total += len(ids)
-        yield "%d\t%s" % (len(ids), name)
-    if files > 1:
-        yield "%d\ttotal" % total
-
-
-if __name__ == "__main__":
-    from model import cli
-    cli.run(main, build_parser())
+if __name__ == "__main__":  # the command line lives in model/encode_cli.py
+    sys.modules["encode_swe"] = sys.modules[__name__]  # which then imports this copy, not a second
+    from model import encode_cli
+    encode_cli.main()

@@ -37,16 +37,6 @@ def build_parser():
     return p
 
 
-def load_model_params(model_dir):
-    from model import params as params_lib
-    if not os.path.isdir(model_dir):
-        cli.fail("model directory not found: %s" % model_dir)
-    try:
-        return params_lib.load(model_dir)
-    except params_lib.ParameterError as e:
-        cli.fail(str(e))
-
-
 def frozen_variables(args):
     """--ignore_parameters if given, else the weights in the model directory's
     transformer-params.json (the released converter's list of copied weights;
@@ -85,7 +75,8 @@ def apply_overrides(params, args):
 
 
 def main(args):
-    params = apply_overrides(load_model_params(args.model), args)
+    from model import params as params_lib
+    params = apply_overrides(params_lib.load_model_dir(args.model), args)
     frozen = frozen_variables(args)
     output_dir = args.output_dir or args.model
     params["train_params"]["output_dir"] = output_dir

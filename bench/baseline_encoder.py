@@ -1,8 +1,8 @@
 """The straightforward SWE encoder, kept as the speed and correctness baseline.
 
-This is the algorithm exactly as the issue describes the released GPTSAN
-encoder: literal `str.replace` for spaces, line breaks, tabs and dashes, one
-`str.replace` per emoji key in emoji.json's key order, regex cleaning, then a
+This is the released GPTSAN encoder's algorithm, written plainly: literal
+`str.replace` for spaces, line breaks, tabs and dashes, one `str.replace` per
+emoji key in emoji.json's key order, regex cleaning, then a
 per-position loop that looks every 1-3 character candidate up in a dict and
 keeps the lowest id (a candidate starting with "<" and longer than two
 characters wins outright, longest first).  `encode_swe.SWEEncoder` must return

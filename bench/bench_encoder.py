@@ -12,7 +12,8 @@ ids (the run stops with an error otherwise).  Two ways of calling:
 
 Speed is MB of UTF-8 input per second of this process's CPU time, the best of
 a few runs for each side (other processes on a shared machine then disturb the
-numbers less).  The issue's target is ratio >= 20 for "text" and "documents".
+numbers less).  The target is ratio >= 20 for "text" and "documents", what
+makes encoding a corpus cheap next to training on it.
 
   python bench/bench_encoder.py            # 2 MB sample, 2 baseline runs each
   python bench/bench_encoder.py --quick    # 0.5 MB sample

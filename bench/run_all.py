@@ -12,7 +12,8 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common  # noqa: E402  (puts the repository on sys.path)
+from model.atomic import write_text_atomic  # noqa: E402
 
 BENCHES = ["bench_encoder", "bench_decoding", "bench_training", "bench_tfrecord"]
 
@@ -23,7 +24,6 @@ def main():
     p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(BENCHES))
     p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results.md"))
     args = p.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     chosen = [b for b in BENCHES if not args.only or b in args.only.split(",")
               or b.replace("bench_", "") in args.only.split(",")]
     rows, failures = [], []
@@ -40,10 +40,7 @@ def main():
     table = common.markdown_table(rows)
     header = "# Benchmarks\n\nWritten by `make bench` on %s%s.\n\n" % (
         time.strftime("%Y-%m-%d"), " (--quick)" if args.quick else "")
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(header + table)
-    os.replace(tmp, args.output)
+    write_text_atomic(args.output, header + table)
     print(table)
     if failures:
         print("failed: %s" % ", ".join(failures), file=sys.stderr)

@@ -92,7 +92,7 @@ class ReferenceEncoder:
 
     @staticmethod
     def fallback(char):
-        """<KIGOU> / <U2000U2BFF> for the UTF-8 ranges the issue lists, else byte tokens."""
+        """<KIGOU> / <U2000U2BFF> for the released encoder's UTF-8 ranges, else byte tokens."""
         data = char.encode("utf-8", "surrogatepass")
         code = int.from_bytes(data, "big")
         if len(data) == 2 and any(lo <= code <= hi for lo, hi in (
@@ -130,7 +130,7 @@ def variant_spellings(lines):
 
 
 def sequence_spellings(lines):
-    from tools.build_vocab import SELECTOR_RANGES, in_ranges
+    from tools._vocab_sources import SELECTOR_RANGES, in_ranges
     return sum(1 for spellings in lines for s in spellings[1:]
                if any(in_ranges(c, SELECTOR_RANGES) for c in s))
 

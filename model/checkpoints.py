@@ -11,7 +11,7 @@ import re
 import socket
 import sys
 
-from model.cli import UserError
+from model.errors import UserError
 
 _NUMBERED = re.compile(r"^model\.ckpt-(\d+)\.index$")
 LOCK_NAME = ".gptsan-training.lock"

@@ -1,17 +1,15 @@
 """Shared command-line hygiene for every run_*.py and tools/*.py script.
 
 A user mistake ends with one line on stderr and exit status 2, never a traceback.
-TensorFlow's C++ and Python logging is silenced unless --verbose is given; this
-module must be imported (and `setup` called) before TensorFlow is.
+TensorFlow's C++ and Python logging is silenced unless --verbose is given
+(`run` decides that before the script imports TensorFlow).
 """
 import argparse
 import os
 import sys
 import warnings
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing file, wrong vocabulary)."""
+from model.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -28,15 +26,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def quiet_tensorflow(verbose=False):
-    """Silence TensorFlow before it is imported (oneDNN notices, deprecations).
+    """Choose, before TensorFlow is imported, whether it may talk.
 
-    model.compat reads GPTSAN_VERBOSE when it imports TensorFlow and quiets the
-    Python-side loggers too.
+    model.compat, the one place TensorFlow is imported, silences its C++ and
+    Python logging unless GPTSAN_VERBOSE is set; a script also hides Python
+    warnings unless --verbose is given.
     """
     if verbose:
         os.environ["GPTSAN_VERBOSE"] = "1"
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
 
 

@@ -49,12 +49,7 @@ def load_model_params(model_dir):
     user mistakes become UserError before any graph is built."""
     from model import params as paramslib
     from model import runtime
-    if not os.path.isdir(model_dir):
-        cli.fail("model directory not found: %s" % model_dir)
-    try:
-        model_params = paramslib.load(model_dir)["model_params"]
-    except paramslib.ParameterError as e:
-        cli.fail(str(e))
+    model_params = paramslib.load_model_dir(model_dir)["model_params"]
     runtime.latest_checkpoint(model_dir)
     return model_params
 

@@ -13,9 +13,10 @@ position per layer. `convert` writes such a model directory:
                         will never use them).
   DST/parameters.json   SRC's, with num_ext_layers (and num_spout) increased.
   DST/ignore-params.json  the frozen set: every model variable copied from SRC
-                        except the spout projection `pasts/*` (the issue wants
-                        it to train with the extension layers; pass
-                        freeze_spout to freeze SRC's spout too).
+                        except the spout projection `pasts/*` (it trains with
+                        the extension layers, so that a spout the source never
+                        learnt can adapt; pass freeze_spout to freeze SRC's
+                        spout too).
 
 New layer i continues SRC's layer numbering (att{i}, an{i}, mlp{i}, ln{i}).
 Variable names and shapes come from network.py itself (the mtf graph of the
@@ -60,7 +61,7 @@ import numpy as np
 
 from model import mesh as meshlib
 from model import network, params as params_lib, runtime
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 INITS = ("identity", "random")
@@ -85,7 +86,7 @@ def find_source(path):
         return runtime.latest_checkpoint(path), path
     if os.path.isfile(path + ".index"):
         return path, os.path.dirname(os.path.abspath(path))
-    raise UserError("--checkpoint %s is neither a model directory nor a checkpoint "
+    raise UserError("source %s is neither a model directory nor a checkpoint "
                     "prefix (no %s.index)" % (path, path))
 
 
@@ -97,8 +98,8 @@ def converted_params(src_params, add_layers, num_spout, output_dir):
     model["num_ext_layers"] += add_layers
     have = model.get("num_spout", 0)
     if num_spout and have and num_spout != have:
-        raise UserError("the source already has a spout of size %d; --num_spout %d would "
-                        "replace it (leave --num_spout out to keep it)" % (have, num_spout))
+        raise UserError("the source already has a spout of size %d; num_spout %d would "
+                        "replace it (leave num_spout at 0 to keep it)" % (have, num_spout))
     if num_spout:
         model["num_spout"] = num_spout
     params["train_params"]["output_dir"] = output_dir
@@ -119,6 +120,7 @@ def model_variable_shapes(model_params):
 
 
 def is_optimizer_state(name):
+    """Adam slots, loss scale and step: training state, not model weights."""
     return name.endswith(ADAM_SLOTS) or name.startswith("loss_scale") or name == "global_step"
 
 
@@ -280,21 +282,21 @@ def check_destination(dst, force, src_dir=None):
     With force, DST may only be a file or an earlier converted model: a directory
     holding the source, or anything this tool does not write, is refused."""
     if src_dir and os.path.exists(dst) and os.path.samefile(dst, src_dir):
-        raise UserError("--output %s is the source model; write the converted model "
+        raise UserError("destination %s is the source model; write the converted model "
                         "to another directory" % dst)
     if os.path.exists(dst) and not force:
-        raise UserError("%s already exists; pass --force to replace it" % dst)
+        raise UserError("%s already exists; pass force to replace it" % dst)
     if os.path.isdir(dst):
         if src_dir:
             real_src, real_dst = os.path.realpath(src_dir), os.path.realpath(dst)
             if os.path.commonpath([real_src, real_dst]) == real_dst:
-                raise UserError("--output %s contains the source model %s; --force will not "
-                                "delete it: choose another --output" % (dst, src_dir))
+                raise UserError("destination %s contains the source model %s; force will not "
+                                "delete it: choose another destination" % (dst, src_dir))
         foreign = sorted(n for n in os.listdir(dst) if not _WRITTEN.match(n))
         if foreign:
-            raise UserError("--output %s holds %s, which run_modelconvert did not write; "
-                            "--force only replaces an earlier converted model: choose "
-                            "another --output" % (dst, foreign[0]))
+            raise UserError("destination %s holds %s, which the converter did not write; "
+                            "force only replaces an earlier converted model: choose "
+                            "another destination" % (dst, foreign[0]))
 
 
 def replace_path(tmp, dst):
@@ -313,9 +315,10 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
             keep_optimizer_state=False, freeze_spout=False, force=False, progress=True):
     """Write the converted model directory dst; returns a summary dict."""
     if init not in INITS:
-        raise UserError("--init must be one of %s" % ", ".join(INITS))
+        raise UserError("init must be one of %s, not %r" % (", ".join(INITS), init))
     if add_layers < 0 or num_spout < 0:
-        raise UserError("--add_extra_stage and --num_spout must be >= 0")
+        raise UserError("add_layers and num_spout must be >= 0, not %d and %d"
+                        % (add_layers, num_spout))
     dst = os.path.abspath(dst)
     prefix, src_dir = find_source(src)
     check_destination(dst, force, src_dir)

@@ -21,7 +21,7 @@ import numpy as np
 from model import devices as devicelib
 from model import mesh as meshlib
 from model import network, runtime
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 NEG_INF = -1e9

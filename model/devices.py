@@ -16,7 +16,7 @@ import socket
 import time
 
 from model import mesh as meshlib
-from model.cli import UserError
+from model.errors import UserError
 
 CONNECT_TIMEOUT_S = 60
 

@@ -19,7 +19,8 @@ from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import devices as devicelib
 from model import runtime, train
-from model.cli import UserError
+from model.convert import is_optimizer_state
+from model.errors import UserError
 from model.compat import mtf, simd_mesh_impl, tf
 
 SUMMARY_KEYS = ("loss", "aux_loss", "learning_rate")
@@ -101,7 +102,7 @@ def _init_from(path):
         path = runtime.latest_checkpoint(path)
     stored = dict(tf.train.list_variables(path))
     wanted = {v.op.name: v for v in tf.global_variables()
-              if v.op.name in stored and not train.is_training_state(v.op.name)}
+              if v.op.name in stored and not is_optimizer_state(v.op.name)}
     runtime.check_checkpoint(path, {n: v.shape.as_list() for n, v in wanted.items()})
     tf.train.init_from_checkpoint(path, {n: n for n in wanted})
 

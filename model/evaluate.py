@@ -5,7 +5,7 @@ import unicodedata
 
 import numpy as np
 
-from model import params as params_lib, runtime
+from model import inputs, params as params_lib, runtime
 from model.compat import tf
 
 
@@ -13,15 +13,14 @@ def read_records(pattern, num_context, limit):
     """Up to `limit` examples as numpy arrays (x, y, num_input)."""
     xs, ys, ns = [], [], []
     for path in sorted(tf.io.gfile.glob(pattern)):
-        for raw in tf.io.tf_record_iterator(path):
-            f = tf.train.Example.FromString(raw).features.feature
-            x = list(f["x"].int64_list.value)
+        for example in inputs.iter_examples(path):
+            x = example["x"]
             if len(x) != num_context:
                 raise ValueError("%s holds records of length %d; the model has num_contexts %d"
                                  % (path, len(x), num_context))
             xs.append(x)
-            ys.append(list(f["y"].int64_list.value))
-            ns.append(f["num_input"].int64_list.value[0])
+            ys.append(example["y"])
+            ns.append(example["num_input"][0])
             if len(xs) == limit:
                 return np.array(xs), np.array(ys), np.array(ns)
     return np.array(xs), np.array(ys), np.array(ns)

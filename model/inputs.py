@@ -7,7 +7,7 @@ y: [batch, num_context], num_input: [batch], i: [batch]}, all int32.
 
 TensorFlow is imported on first use, so tools can import this module cheaply.
 """
-from model.cli import UserError
+from model.errors import UserError
 
 FEATURES = ("x", "y", "num_input", "i")
 SHUFFLE_BUFFER = 1024
@@ -59,12 +59,19 @@ def _feature_spec(num_context):
             "i": tf.io.FixedLenFeature([1], tf.int64)}
 
 
-def record_context_length(path):
-    """num_context of the first record in `path` (None for an empty file)."""
+def iter_examples(path):
+    """The records of one file in file order, each {feature: list of ints}, read
+    eagerly (no graph; for scans and small evaluations, not for training)."""
     tf = _tf()
     for data in tf.io.tf_record_iterator(path):
-        example = tf.train.Example.FromString(data)
-        return len(example.features.feature["x"].int64_list.value)
+        feature = tf.train.Example.FromString(data).features.feature
+        yield {name: list(feature[name].int64_list.value) for name in FEATURES}
+
+
+def record_context_length(path):
+    """num_context of the first record in `path` (None for an empty file)."""
+    for example in iter_examples(path):
+        return len(example["x"])
     return None
 
 
@@ -89,7 +96,7 @@ def check_record_files(file_pattern, num_context):
     files = list_record_files(file_pattern)
     for path in files:
         if os.path.isdir(path):
-            raise UserError("--input_files names a directory, not a record file: %s "
+            raise UserError("input pattern names a directory, not a record file: %s "
                             "(use a glob such as %s/*.tfrecord)" % (path, path.rstrip("/")))
         if "://" not in path and not os.access(path, os.R_OK):
             raise UserError("cannot read record file %s (permission denied)" % path)

@@ -36,16 +36,6 @@ def session_config(num_cpu_devices=1):
     return config
 
 
-def local_devices(kind=None):
-    """GPU devices if any (or `kind`), else CPU devices, as TF device strings."""
-    from tensorflow.python.client import device_lib
-    devices = device_lib.list_local_devices()
-    gpus = [d.name for d in devices if d.device_type == "GPU"]
-    if kind != "CPU" and gpus:
-        return gpus
-    return [d.name for d in devices if d.device_type == "CPU"]
-
-
 def cpu_device_names(n, job=None):
     prefix = "/job:%s/task:0" % job if job else ""
     return ["%s/device:CPU:%d" % (prefix, i) for i in range(n)]

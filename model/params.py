@@ -10,6 +10,7 @@ import json
 import os
 
 from model.atomic import write_json_atomic
+from model.errors import UserError
 
 MODEL_KEYS = ("num_contexts", "num_switch_layers", "num_ext_layers", "num_hidden",
               "num_header", "num_experts", "num_vocabulary", "num_pallarelizm")
@@ -84,6 +85,17 @@ def load(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ParameterError("%s: not valid JSON (%s)" % (path, e))
     return validate(params, path)
+
+
+def load_model_dir(model_dir):
+    """parameters.json of a model directory; a missing directory or a malformed
+    file is a UserError naming it."""
+    if not os.path.isdir(model_dir):
+        raise UserError("model directory not found: %s" % model_dir)
+    try:
+        return load(model_dir)
+    except ParameterError as e:
+        raise UserError(str(e))
 
 
 def save(params, path):

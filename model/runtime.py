@@ -11,7 +11,7 @@ import numpy as np
 from model import devices as devicelib
 from model import mesh as meshlib
 from model import network
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 

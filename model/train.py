@@ -18,7 +18,8 @@ from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import devices as devicelib
 from model import network, optimizer, params as params_lib, runtime
-from model.cli import UserError
+from model.convert import is_optimizer_state as is_training_state
+from model.errors import UserError
 from model.compat import mtf, tf
 
 SPOUT_CHOICES = ("none", "uniform", "onehot", "stateless_uniform", "half_onehot")
@@ -398,10 +399,6 @@ class Trainer:
         lock = getattr(self, "lock", None)
         if lock is not None:
             lock.release()
-
-
-def is_training_state(name):
-    return "/adam_" in name or name.startswith("loss_scale") or name == "global_step"
 
 
 def _has_training_state(path, graph):

@@ -1,11 +1,11 @@
 """An independent NumPy forward pass of GPTSAN: the tests' reference.
 
-Written from the architecture facts of the model issue (issue 3), never from
-model/, so agreement with the mesh-tensorflow network means both compute the
+Written from the released architecture's facts (layer structure, variable
+names and shapes of the released checkpoints), never from model/, so agreement with the mesh-tensorflow network means both compute the
 released architecture. Everything runs in float64 so the reference's own
 rounding is negligible next to the model's float32.
 
-Conventions the issue leaves open (fixed by the lead engineer):
+Conventions those facts leave open (fixed here once, for both sides):
 - Keys are ordered: the spout slot (if any), then the pasts, then this call's
   tokens; `num_past` counts the first two. Query t of this call sees key j iff
   j <= num_past + t (causal) or j < num_past + num_precontext[b] (prefix).
@@ -29,7 +29,7 @@ MASK_PENALTY = 10000.0
 
 
 class Sizes:
-    """The dimensions of one configuration (the issue's V, C, H, A, K, E, S, X, L, P)."""
+    """The dimensions of one configuration (V, C, H, A, K, E, S, X, L, P)."""
 
     def __init__(self, model_params):
         p = model_params
@@ -42,7 +42,7 @@ class Sizes:
 
 
 def variable_shapes(model_params):
-    """{checkpoint name: shape} exactly as the issue lists them."""
+    """{checkpoint name: shape} exactly as the released checkpoints have them."""
     z = Sizes(model_params)
     shapes = {"model/wte": (z.V, z.H), "model/wpe": (z.C, z.H)}
     if z.X:
@@ -91,7 +91,7 @@ def random_weights(model_params, seed, stddev=0.3):
 
 
 def load_weights(checkpoint_path, model_params):
-    """Read the issue's variables from a TF checkpoint (TensorFlow imported lazily)."""
+    """Read these variables from a TF checkpoint (TensorFlow imported lazily)."""
     from model.compat import tf
     reader = tf.train.load_checkpoint(checkpoint_path)
     return {name: reader.get_tensor(name) for name in variable_shapes(model_params)}

@@ -1,9 +1,10 @@
 """tools/build_vocab.py: a tiny corpus, a tiny fake unicode-data folder, KANJIDIC2 and a
 hand-made font that lists variation sequences.
 
-Expected values come from the issue (tail layout, folding examples) and from
-the encoder's rule (lowest id among the 1-3 character prefixes), not from
-recorded output. The committed ja-swe36k.txt / emoji.json are checked too.
+Expected values come from the released vocabulary's layout (the tail), from
+variant-kanji facts written out by hand (the folding examples) and from the
+encoder's rule (lowest id among the 1-3 character prefixes), not from recorded
+output. The committed ja-swe36k.txt / emoji.json are checked too.
 """
 import json
 import os
@@ -21,11 +22,11 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 TOOL = os.path.join(REPO, "tools", "build_vocab.py")
 sys.path.insert(0, REPO)
 
-from tools import build_vocab  # noqa: E402
+from tools import build_vocab, _vocab_sources as vocab_sources  # noqa: E402
 
 SIZE = 4600  # small, above the fixed part (core characters, enclosed-form units, tail)
 
-# The released tail, written out from the issue text.
+# The released vocabulary's last 285 lines, written out by hand.
 EXPECTED_TAIL = (["<BR>", "<SP>", "<TAB>", "<URL>", "<EMAIL>", "<TEL>", "<DATE>", "<PRICE>",
                   "<BLOCK>", "<KIGOU>", "<U2000U2BFF>"]
                  + ["<|emoji%d|>" % n for n in range(1, 13)]
@@ -413,11 +414,11 @@ def test_font_sequences_of_a_font_and_a_collection(tmp_path):
     single = tmp_path / "one.ttf"
     single.write_bytes(font_file([FONT_SEQUENCES]))
     expected = EXPECTED_FONT_SEQUENCES  # ("定", "A"): not a variation selector
-    assert build_vocab.font_sequences(str(single)) == expected
+    assert vocab_sources.font_sequences(str(single)) == expected
     other = cmap14({0xFE00: [(ord("蘭"), 0)]}, {})
     collection = tmp_path / "two.ttc"
     collection.write_bytes(font_file([FONT_SEQUENCES, other], collection=True))
-    assert build_vocab.font_sequences(str(collection)) == expected | {("蘭", VS1)}
+    assert vocab_sources.font_sequences(str(collection)) == expected | {("蘭", VS1)}
 
 
 def test_font_problems_are_one_line_errors(corpus_dir, fake_unicode_dir, tmp_path):
@@ -433,7 +434,7 @@ def test_font_problems_are_one_line_errors(corpus_dir, fake_unicode_dir, tmp_pat
 
 
 def require_debian_fonts():
-    missing = [p for p in build_vocab.IVS_FONT_PATHS if not os.path.isfile(p)]
+    missing = [p for p in vocab_sources.IVS_FONT_PATHS if not os.path.isfile(p)]
     if missing:
         pytest.skip("Debian fonts-noto-cjk / fonts-ipamj-mincho not installed (%s absent; "
                     "apt-get install fonts-noto-cjk fonts-ipamj-mincho)" % missing[0])
@@ -441,7 +442,7 @@ def require_debian_fonts():
 
 def test_real_fonts_list_japanese_variation_sequences():
     require_debian_fonts()
-    adobe, moji_joho = [build_vocab.font_sequences(p) for p in build_vocab.IVS_FONT_PATHS]
+    adobe, moji_joho = [vocab_sources.font_sequences(p) for p in vocab_sources.IVS_FONT_PATHS]
     # The IVD registers about 14,700 Adobe-Japan1 and 11,400 Moji_Joho sequences; 葛 has
     # variants in both collections.
     assert len(adobe) > 14000 and len(moji_joho) > 11000
@@ -450,13 +451,13 @@ def test_real_fonts_list_japanese_variation_sequences():
 
 
 def test_kanjidic_links_from_the_fixture(fake_unicode_dir):
-    links = build_vocab.kanjidic_links(os.path.join(fake_unicode_dir, "kanjidic2.xml"))
+    links = vocab_sources.kanjidic_links(os.path.join(fake_unicode_dir, "kanjidic2.xml"))
     assert sorted((a, b) for _, a, b in links) == sorted([
         ("総", "總"), ("坂", "阪"), ("因", "囙"), ("泰", "𣳾"), ("𠮟", "叱"), ("卓", "桌")])
-    assert build_vocab.jis_character("jis213", "2-1-1") == "𠂉"  # plane 2
-    assert build_vocab.jis_character("jis208", "33-77") == "総"  # plane left out
-    assert build_vocab.jis_character("jis208", "1-95-01") is None
-    assert build_vocab.kanjidic_variant("ucs", "20B9F") == "𠮟"
+    assert vocab_sources.jis_character("jis213", "2-1-1") == "𠂉"  # plane 2
+    assert vocab_sources.jis_character("jis208", "33-77") == "総"  # plane left out
+    assert vocab_sources.jis_character("jis208", "1-95-01") is None
+    assert vocab_sources.kanjidic_variant("ucs", "20B9F") == "𠮟"
 
 
 def test_missing_kanjidic_says_how_to_install(corpus_dir, fake_unicode_dir, tmp_path):
@@ -470,10 +471,10 @@ def test_missing_kanjidic_says_how_to_install(corpus_dir, fake_unicode_dir, tmp_
 
 
 def test_real_kanjidic_gives_japanese_old_forms():
-    if not os.path.isfile(build_vocab.KANJIDIC_PATH):
+    if not os.path.isfile(vocab_sources.KANJIDIC_PATH):
         pytest.skip("Debian kanjidic-xml is not installed (%s absent; apt-get install "
-                    "kanjidic-xml)" % build_vocab.KANJIDIC_PATH)
-    links = {(a, b) for _, a, b in build_vocab.kanjidic_links(build_vocab.KANJIDIC_PATH)}
+                    "kanjidic-xml)" % vocab_sources.KANJIDIC_PATH)
+    links = {(a, b) for _, a, b in vocab_sources.kanjidic_links(vocab_sources.KANJIDIC_PATH)}
     for old, new in ("總総", "犧犠", "經経"):
         assert (old, new) in links or (new, old) in links, old
     assert ("叱", "拝") not in links, "the jis213 slip is refused"
@@ -612,7 +613,7 @@ def test_committed_files_rebuild_byte_for_byte(tmp_path):
         pytest.skip("../shared/corpus/ja-docs-train is absent (CI puts shared/ beside the repo)")
     if not os.path.isfile("/usr/share/unicode/Unihan_Variants.txt.bz2"):
         pytest.skip("Debian unicode-data is not installed (apt-get install unicode-data)")
-    if not os.path.isfile(build_vocab.KANJIDIC_PATH):
+    if not os.path.isfile(vocab_sources.KANJIDIC_PATH):
         pytest.skip("Debian kanjidic-xml is not installed (apt-get install kanjidic-xml)")
     require_debian_fonts()
     result = run_tool("--corpus", corpus, "--exclude", "debian-reference-ja", "--size", "36000",

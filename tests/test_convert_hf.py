@@ -229,7 +229,7 @@ def test_cli_refuses_to_overwrite_and_bad_input(exported, tmp_path):
 
 
 def test_import_refuses_wrong_vocabulary_size(exported, tmp_path):
-    from model.cli import UserError
+    from model.errors import UserError
     from tools import convert_hf
     _, hub, _ = exported["noext_nospout_e4"]
     bad = str(tmp_path / "bad")
@@ -239,7 +239,7 @@ def test_import_refuses_wrong_vocabulary_size(exported, tmp_path):
 
 
 def test_import_pytorch_bin_without_torch_says_so(exported, tmp_path, monkeypatch):
-    from model.cli import UserError
+    from model.errors import UserError
     from tools import convert_hf
     _, hub, _ = exported["noext_nospout_e4"]
     d = tmp_path / "bin"

@@ -31,7 +31,7 @@ CORPUS = os.path.join(SHARED, "corpus", "ja-docs-train")
 NO_REFERENCE = ("released vocabulary not found: %s (CI puts shared/ beside the repository)"
                 % REFERENCE)
 
-# The tail every vocabulary ends with, as the issue lays it out.
+# The tail every vocabulary ends with, in the released layout.
 SPECIALS = ["<|startoftext|>", "<|inputmask|>", "<|separator|>", "<|nottoken|>",
             "<|bagoftoken|>", "<|segmenter|>", "<|endoftext|>"]
 TAIL = (["<BR>", "<SP>", "<TAB>", "<URL>", "<EMAIL>", "<TEL>", "<DATE>", "<PRICE>", "<BLOCK>",

@@ -22,7 +22,7 @@ import numpy_gptsan as ref
 import tiny_model
 from model import convert, network, params as paramslib, runtime
 from model import devices as devicelib
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -508,7 +508,7 @@ def script_text(output):
 
 @pytest.mark.slow
 def test_run_generate_writes_each_class_in_its_script(finetuned, tmp_path):
-    """The issue's end-to-end check: run_generate.py --spout K on the fine-tuned
+    """End to end, what fine-tuning is for: run_generate.py --spout K on the fine-tuned
     model writes class K's characters (hiragana for 0, katakana for 1)."""
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("\n".join(VOCABULARY), encoding="utf-8")

@@ -21,7 +21,7 @@ from bench import baseline_decoding
 from model import decoding, runtime, text
 from model import devices as devicelib
 from model import params as paramslib
-from model.cli import UserError
+from model.errors import UserError
 
 C = 32
 BANNED = (tm.NOTTOKEN, tm.SEPARATOR)

@@ -1,6 +1,6 @@
 """run_languagemodel.py: MASK filling, scores, hidden-state vectors, errors.
 
-Expected outputs are assembled here from the issue's rules — input
+Expected outputs are assembled here from the released script's rules — input
 [<|startoftext|>] + tokens + [<|endoftext|>], every context token in the
 prefix, argmax at masks, copy elsewhere, score = logit of the next input
 token — over logits from a plain runtime.Forward pass.
@@ -16,7 +16,7 @@ import pytest
 import tiny_model as tm
 from model import params as paramslib
 from model import runtime
-from model.cli import UserError
+from model.errors import UserError
 
 CONTEXT = "今日の[MASK]は晴れ[MASK]"
 # Same as CONTEXT except the last word: a bidirectional prefix lets the first

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from model.cli import UserError
+from model.errors import UserError
 from tools import make_tfrecord as mt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

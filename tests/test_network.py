@@ -2,7 +2,7 @@
 caching invariants, its mesh layouts, parameter counts and checkpoint checks.
 
 Weights are written by a plain tf.train.Saver over variables named and shaped
-as the model issue lists them (tests/numpy_gptsan.py), so these tests also pin
+as the released checkpoint has them (tests/numpy_gptsan.py), so these tests also pin
 the released checkpoint's names. Graphs are built once per module and reused.
 """
 import os
@@ -14,12 +14,12 @@ import numpy_gptsan as ref
 from model import mesh as meshlib
 from model import network, params, runtime
 from model import devices as devicelib
-from model.cli import UserError
+from model.errors import UserError
 from model.compat import mtf, tf
 
 BATCH = 2
 REFERENCE_ATOL = 1e-4
-# Mesh layouts and cache splits only reorder float32 sums; the issue's 1e-5 is
+# Mesh layouts and cache splits only reorder float32 sums; the 1e-5 allowed for that is
 # taken relative to the values' scale (these deliberately large weights give
 # logits near 14, where one float32 ulp is already 1e-6).
 SAME_COMPUTATION_RTOL = 1e-5
@@ -133,7 +133,7 @@ def assert_same_computation(actual, expected):
 # --- checkpoint names -------------------------------------------------------
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_graph_variables_are_the_issues_checkpoint_names(forward, config):
+def test_graph_variables_are_the_released_checkpoint_names(forward, config):
     expected = {name: list(shape) for name, shape in ref.variable_shapes(CONFIGS[config]).items()}
     assert forward(config).expected == expected
 

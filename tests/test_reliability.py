@@ -65,7 +65,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_p
 
 @pytest.mark.parametrize("damage", ["empty_data", "truncated_index"])
 def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, damage):
-    from model.cli import UserError
+    from model.errors import UserError
     train_to(records, tmp_path, 3)
     prefix = str(tmp_path / "model.ckpt-3")
     if damage == "empty_data":
@@ -92,7 +92,7 @@ def test_max_to_keep_holds_across_restarts(records, tmp_path):
 
 def test_second_trainer_on_the_same_output_dir_is_refused(records, tmp_path):
     from model import checkpoints
-    from model.cli import UserError
+    from model.errors import UserError
     lock = tmp_path / checkpoints.LOCK_NAME
     import socket
     # A live process on this host (the parent of this test) holds the directory.
@@ -110,7 +110,7 @@ def test_second_trainer_on_the_same_output_dir_is_refused(records, tmp_path):
 
 
 def test_corrupt_records_mid_run_save_a_checkpoint_then_fail(tmp_path):
-    from model.cli import UserError
+    from model.errors import UserError
     rec = tmp_path / "r"
     rec.mkdir()
     path = write_records(str(rec / "a.tfrecord"), n=64)
@@ -158,7 +158,7 @@ def test_bad_inputs_and_output_dir_are_one_line(records, tmp_path):
 
 def test_mixed_record_lengths_are_refused_up_front(tmp_path):
     from model import inputs
-    from model.cli import UserError
+    from model.errors import UserError
     from tests import test_training
     write_records(str(tmp_path / "a.tfrecord"))
     old = test_training.C
@@ -220,7 +220,7 @@ def test_sigterm_stops_a_run_whose_step_is_stuck(tmp_path):
 
 def test_modelconvert_force_never_deletes_the_source_or_foreign_files(tmp_path):
     from model import convert
-    from model.cli import UserError
+    from model.errors import UserError
     from tests.tiny_model import make_model_dir, tiny_params as model_params
     parent = tmp_path / "parent"
     src = make_model_dir(str(parent / "src"), model_params(num_vocabulary=64))
@@ -240,7 +240,7 @@ def test_modelconvert_force_never_deletes_the_source_or_foreign_files(tmp_path):
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_temperature_must_be_finite_and_positive(value):
     from model import decoding
-    from model.cli import UserError
+    from model.errors import UserError
     with pytest.raises(UserError, match="--temperature"):
         decoding.Sampling(temperature=float(value))
 
@@ -250,7 +250,7 @@ def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path,
     import glob
     from model import convert, runtime
     from model import devices as devicelib
-    from model.cli import UserError
+    from model.errors import UserError
     from tests.tiny_model import make_model_dir, tiny_params as model_params
     p = model_params(num_vocabulary=64)
     src = make_model_dir(str(tmp_path / "src"), p)
@@ -267,7 +267,7 @@ def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path,
 
 def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
     import hashlib
-    from model.cli import UserError
+    from model.errors import UserError
     from model.training_cli import check_record_summaries
     mp = tiny_params("")["model_params"]
     rec = tmp_path / "rec"
@@ -293,7 +293,7 @@ def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
 
 def test_output_and_input_paths_are_checked_before_work(tmp_path):
     from model import cli
-    from model.cli import UserError
+    from model.errors import UserError
     with pytest.raises(UserError, match="is a directory"):
         cli.check_output_file(str(tmp_path), force=True)
     with pytest.raises(UserError, match="is a directory"):
@@ -341,7 +341,7 @@ def test_get_corpus_output_dir_that_is_a_file(tmp_path):
 
 
 def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
-    from model.cli import UserError
+    from model.errors import UserError
     from model.training_cli import check_vocabulary
     vocab = tmp_path / "v.txt"
     vocab.write_text("".join("t%d\n" % k for k in range(40)))
@@ -354,7 +354,7 @@ def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
 
 def test_broken_emoji_table_is_named_as_the_emoji_table(tmp_path):
     from model import cli_infer
-    from model.cli import UserError
+    from model.errors import UserError
     bad = tmp_path / "emoji.json"
     bad.write_text("{oops")
     vocab = os.path.join(REPO, "ja-swe36k.txt")
@@ -364,7 +364,7 @@ def test_broken_emoji_table_is_named_as_the_emoji_table(tmp_path):
 
 
 def test_damaged_ignore_params_file_is_named_when_the_flag_was_not_given(tmp_path):
-    from model.cli import UserError
+    from model.errors import UserError
     from model.training_cli import parse_frozen
     damaged = tmp_path / "ignore-params.json"
     damaged.write_text('["model/wte", ')

@@ -117,7 +117,7 @@ def test_frozen_variables_are_bit_identical_and_have_no_slots(records, tmp_path)
 
 
 def test_unknown_frozen_name_is_a_user_error(records, tmp_path):
-    from model.cli import UserError
+    from model.errors import UserError
     with pytest.raises(UserError, match="model/nope"):
         make_trainer(records, tmp_path, 1, ignore_parameters=["model/nope"])
 
@@ -277,7 +277,7 @@ def test_estimator_starts_from_other_weights_and_keeps_frozen_ones(records, tmp_
 
 def test_estimator_refuses_a_weights_only_output_dir(tmp_path):
     from model import estimator
-    from model.cli import UserError
+    from model.errors import UserError
     with tf.Graph().as_default():
         tf.get_variable("model/wte", [2, 2])
         with tf.Session() as s:
@@ -302,7 +302,7 @@ def test_run_training_through_the_estimator_on_a_2x2_cpu_mesh(records, tmp_path)
 
 def test_unreachable_tpu_is_a_one_line_error_within_the_timeout():
     from model import devices as devicelib
-    from model.cli import UserError
+    from model.errors import UserError
     t = time.time()
     # A closed port on this machine: the resolver would wait for it forever.
     with pytest.raises(UserError, match="did not answer within 8 s"):

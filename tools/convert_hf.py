@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import cli  # noqa: E402
 from model.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from model.cli import UserError  # noqa: E402
+from model.errors import UserError  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_NAME, EMOJI_NAME = "ja-swe36k.txt", "emoji.json"
@@ -431,6 +431,8 @@ def parser():
 
 
 def main(args):
+    if os.path.exists(args.output) and not args.force:
+        cli.fail("%s already exists; pass --force to replace it" % args.output)
     if args.command == "import":
         result = import_hf(args.src, args.output, args.dtype, args.force,
                            progress=not args.no_progress)
