@@ -12,6 +12,7 @@ import os
 import sys
 
 from model import cli, text
+from model import spout as spoutlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,18 +108,19 @@ def parse_spout(value, num_spout, rng):
     import numpy as np
     if value == "none":
         return None
-    if not num_spout:
-        cli.fail("this model has no spout weights (num_spout is 0 in parameters.json); "
-                 "run with --spout none")
+    try:
+        spoutlib.require(num_spout)
+    except spoutlib.NoSpoutError as e:
+        cli.fail("%s; run with --spout none" % e)
     if value == "uniform":
         return rng.uniform(0.0, 1.0, num_spout).astype(np.float32)
     if value == "zeros":
         return np.zeros(num_spout, np.float32)
     if value.lstrip("-").isdigit():
-        k = int(value)
-        if not 0 <= k < num_spout:
-            cli.fail("--spout class %d is outside 0..%d" % (k, num_spout - 1))
-        return np.eye(num_spout, dtype=np.float32)[k]
+        try:
+            return spoutlib.vector(int(value), num_spout)
+        except ValueError as e:
+            cli.fail("--%s" % e)
     if value.endswith((".npy", ".json")):
         return load_spout_file(value, num_spout)
     cli.fail("--spout must be none, uniform, zeros, a class number or a .npy/.json file; "
@@ -137,12 +139,10 @@ def load_spout_file(path, num_spout):
         vector = np.asarray(vector, np.float32).reshape(-1)
     except (ValueError, TypeError, OSError) as e:
         cli.fail("cannot read spout vector from %s: %s" % (path, e))
-    if vector.size != num_spout:
-        cli.fail("spout file %s holds %d values but the model's num_spout is %d"
-                 % (path, vector.size, num_spout))
-    if not np.all(np.isfinite(vector)):
-        cli.fail("spout file %s holds non-finite values" % path)
-    return vector
+    try:
+        return spoutlib.vector(vector, num_spout)
+    except ValueError as e:
+        cli.fail("spout file %s: %s" % (path, str(e).replace("spout holds", "holds")))
 
 
 # ---------------------------------------------------------------- generation

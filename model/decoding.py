@@ -21,6 +21,7 @@ import numpy as np
 from model import devices as devicelib
 from model import mesh as meshlib
 from model import network, runtime
+from model import spout as spoutlib
 from model.errors import UserError
 from model.compat import mtf, tf
 
@@ -116,9 +117,7 @@ class Decoder:
         }
         spout = None
         if self.with_spout:
-            if not d.num_spout:
-                raise UserError("this model has no spout weights (num_spout is 0 in "
-                                "parameters.json); run with --spout none")
+            spoutlib.require(d.num_spout)
             self.feeds["spout"] = tf.placeholder(tf.float32, [B, d.num_spout], "spout")
             spout = self._import("spout", [self.batch, d.spout])
         self.spout_slots = 1 if spout is not None else 0

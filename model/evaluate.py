@@ -6,6 +6,7 @@ import unicodedata
 import numpy as np
 
 from model import inputs, params as params_lib, runtime
+from model import spout as spoutlib
 from model.compat import tf
 
 
@@ -33,24 +34,6 @@ def cross_entropy(logits, targets):
     log_z = np.log(np.exp(logits - z).sum(-1)) + z[..., 0]
     picked = np.take_along_axis(logits, np.maximum(targets, 0)[..., None], -1)[..., 0]
     return float(((log_z - picked) * valid).sum() / max(valid.sum(), 1)), int(valid.sum())
-
-
-def spout_vector(spout, num_spout):
-    """None, a class number (one-hot, as run_generate.py --spout K and
-    run_finetune.py --spout_vector onehot) or num_spout values -> float32 [num_spout]."""
-    if spout is None:
-        return None
-    if not num_spout:
-        raise ValueError("this model has no spout weights (num_spout is 0)")
-    if isinstance(spout, (int, np.integer)):
-        if not 0 <= spout < num_spout:
-            raise ValueError("spout class %d is outside 0..%d" % (spout, num_spout - 1))
-        return np.eye(num_spout, dtype=np.float32)[spout]
-    vector = np.asarray(spout, np.float32).reshape(-1)
-    if vector.size != num_spout:
-        raise ValueError("spout holds %d values but the model's num_spout is %d"
-                         % (vector.size, num_spout))
-    return vector
 
 
 def _batches(x, y, n, batch_size):
@@ -99,7 +82,7 @@ def heldout_loss(model_dir, pattern, max_examples=64, batch_size=4, spout=None,
     own text says least about its class, so a spout matters most).
     """
     model_params = params_lib.load(model_dir)["model_params"]
-    vector = spout_vector(spout, model_params.get("num_spout", 0))
+    vector = spoutlib.vector(spout, model_params.get("num_spout", 0))
     data = _load(pattern, model_params, max_examples)
     forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
                               with_spout=vector is not None).restore(model_dir)
@@ -114,7 +97,7 @@ def spout_loss_table(model_dir, patterns, spouts, max_examples=64, batch_size=4,
     """table[r][c] = heldout_loss(model_dir, patterns[r], spout=spouts[c]), with
     one graph for the whole table (spouts must not be None)."""
     model_params = params_lib.load(model_dir)["model_params"]
-    vectors = [spout_vector(s, model_params.get("num_spout", 0)) for s in spouts]
+    vectors = [spoutlib.vector(s, model_params.get("num_spout", 0)) for s in spouts]
     if any(v is None for v in vectors):
         raise ValueError("spout_loss_table needs a spout for every column")
     datasets = [_load(p, model_params, max_examples) for p in patterns]

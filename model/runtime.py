@@ -11,6 +11,7 @@ import numpy as np
 from model import devices as devicelib
 from model import mesh as meshlib
 from model import network
+from model import spout as spoutlib
 from model.errors import UserError
 from model.compat import mtf, tf
 
@@ -82,9 +83,7 @@ class Forward:
                               tf.zeros([batch_size], tf.int32), [batch_size], "num_precontext")}
             kwargs = {"num_precontext": import_tensor(mesh, self.feeds["num_precontext"], [batch])}
             if with_spout:
-                if not d.num_spout:
-                    raise UserError("this model has no spout weights (num_spout is 0 in "
-                                    "parameters.json); run without a spout")
+                spoutlib.require(d.num_spout)
                 self.feeds["spout"] = tf.placeholder(tf.float32, [batch_size, d.num_spout], "spout")
                 kwargs["spout"] = import_tensor(mesh, self.feeds["spout"], [batch, d.spout])
             if with_pos_vector:
