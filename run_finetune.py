@@ -42,7 +42,8 @@ def frozen_variables(args):
     transformer-params.json (the released converter's list of copied weights;
     their optimizer slots are not weights), else its ignore-params.json."""
     # model.convert owns the file names; imported here because it loads TensorFlow
-    from model.convert import IGNORE_FILE, TRANSFORMER_FILE, is_optimizer_state
+    from model.convert import IGNORE_FILE, TRANSFORMER_FILE
+    from model.graph import is_optimizer_state
     if args.ignore_parameters is not None:
         return parse_frozen(args.ignore_parameters)
     transformer = os.path.join(args.model, TRANSFORMER_FILE)

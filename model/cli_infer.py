@@ -48,10 +48,10 @@ def check_tpu(tpu_nodes):
 def load_model_params(model_dir):
     """parameters.json of a model directory that also holds a checkpoint;
     user mistakes become UserError before any graph is built."""
+    from model import graph as graphlib
     from model import params as paramslib
-    from model import runtime
     model_params = paramslib.load_model_dir(model_dir)["model_params"]
-    runtime.latest_checkpoint(model_dir)
+    graphlib.latest_checkpoint(model_dir)
     return model_params
 
 

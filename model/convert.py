@@ -60,7 +60,9 @@ import zlib
 import numpy as np
 
 from model import mesh as meshlib
-from model import network, params as params_lib, runtime
+from model import graph as graphlib
+from model import network, params as params_lib
+from model.graph import ADAM_SLOTS, is_optimizer_state
 from model.errors import UserError
 from model.compat import mtf, tf
 
@@ -73,7 +75,6 @@ TRANSFORMER_FILE = "transformer-params.json"
 ALL_FILE = "all-params.json"
 SPOUT_SCOPE = "pasts/"
 SPOUT_OUT = "pasts/out/kernel"
-ADAM_SLOTS = ("/adam_m", "/adam_v")
 SHARD_BYTES = 256 << 20
 LAYER_NORM = re.compile(r"model/(an|ln)\d+/(g|b)$")
 SPOUT_LAYER = re.compile(r"pasts/mlp\d+/kernel$")
@@ -83,7 +84,7 @@ SPOUT_LAYER = re.compile(r"pasts/mlp\d+/kernel$")
 def find_source(path):
     """(checkpoint prefix, model directory) for a model directory or a prefix."""
     if os.path.isdir(path):
-        return runtime.latest_checkpoint(path), path
+        return graphlib.latest_checkpoint(path), path
     if os.path.isfile(path + ".index"):
         return path, os.path.dirname(os.path.abspath(path))
     raise UserError("source %s is neither a model directory nor a checkpoint "
@@ -117,11 +118,6 @@ def model_variable_shapes(model_params):
         spout = mtf.zeros(mesh, [batch, cfg.dims.spout]) if cfg.dims.num_spout else None
         network.model(tokens, cfg, spout=spout)
     return {v.name: v.shape.to_integer_list for v in mtf_graph.all_variables}
-
-
-def is_optimizer_state(name):
-    """Adam slots, loss scale and step: training state, not model weights."""
-    return name.endswith(ADAM_SLOTS) or name.startswith("loss_scale") or name == "global_step"
 
 
 # ---- initial values ----------------------------------------------------------
@@ -327,7 +323,7 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
     except params_lib.ParameterError as e:
         raise UserError(str(e))
     dst_params = converted_params(src_params, add_layers, num_spout, dst)
-    stored = runtime.check_checkpoint(prefix, model_variable_shapes(src_params["model_params"]))
+    stored = graphlib.check_checkpoint(prefix, model_variable_shapes(src_params["model_params"]))
     dst_shapes = model_variable_shapes(dst_params["model_params"])
     reader = tf.train.load_checkpoint(prefix)
     entries = plan(reader, stored, dst_shapes, init, seed, keep_optimizer_state)

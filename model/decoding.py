@@ -14,15 +14,13 @@ Sequence index i (0 = first prompt token) lives in cache slot i and gets the
 position embedding min(i + s, C - 1), where s = 1 when a spout is given (the
 spout is the extra past slot placed before everything, as network.model does).
 """
-import os
-
 import numpy as np
 
 from model import devices as devicelib
 from model import mesh as meshlib
+from model import graph as graphlib
 from model import network, runtime
 from model import spout as spoutlib
-from model.errors import UserError
 from model.compat import mtf, tf
 
 NEG_INF = -1e9
@@ -127,14 +125,11 @@ class Decoder:
         self.vocab_bias = self._banned_bias()
 
         outputs = self._decode(spout)
-        impl = meshlib.placement(self.devices.shape, self.devices.devices)
-        self.lowering = mtf.Lowering(mtf_graph, {mesh: impl})
+        self.lowering = graphlib.lower(mtf_graph, mesh, self.devices)
         self.fetches = {k: self.lowering.export_to_tf_tensor(v) for k, v in outputs.items()}
-        self.expected = runtime.expected_variables(self.graph)
-        self.variables = self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+        self.variables = graphlib.master_variables(self.graph)
         self._copy = self.lowering.copy_masters_to_slices()
-        self.session = tf.Session(self.devices.target, graph=self.graph,
-                                  config=self.devices.config)
+        self.session = graphlib.session(self.graph, self.devices)
 
     def _import(self, name, dims):
         return runtime.import_tensor(self.mesh, self.feeds[name], dims)
@@ -316,27 +311,9 @@ class Decoder:
     # --------------------------------------------------------------- weights
     def restore(self, model_dir_or_path):
         """Load a checkpoint after checking every variable name and shape."""
-        path = model_dir_or_path
-        if os.path.isdir(path):
-            path = runtime.latest_checkpoint(path)
-        runtime.check_checkpoint(path, self.expected)
-        with self.graph.as_default():
-            if all(v.dtype.base_dtype == tf.float32 for v in self.variables):
-                tf.train.Saver(var_list=self.variables, sharded=True).restore(self.session, path)
-            else:
-                self._restore_cast(path)
+        graphlib.restore(self.session, model_dir_or_path, self.variables)
         self.session.run(self._copy)
         return self
-
-    def _restore_cast(self, path):
-        """Load float32 checkpoint tensors into lower-precision variables one at
-        a time, so memory never holds a float32 copy of the whole model."""
-        prefix = tf.placeholder(tf.string, [])
-        for var in self.variables:
-            stored = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[var.op.name],
-                                          shape_and_slices=[""], dtypes=[tf.float32])[0]
-            self.session.run(tf.assign(var, tf.cast(stored, var.dtype.base_dtype)),
-                             {prefix: path})
 
     def init_random(self):
         """Random weights (benchmarks, the scale check). One variable at a time
@@ -349,8 +326,7 @@ class Decoder:
         return self
 
     def save(self, path):
-        with self.graph.as_default():
-            return tf.train.Saver(var_list=self.variables, sharded=True).save(self.session, path)
+        return graphlib.save(self.session, path, self.variables)
 
     # ------------------------------------------------------------------- run
     def run_window(self, prompt, prompt_len, num_precontext, done, steps, seed, seed_offset,

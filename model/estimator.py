@@ -18,8 +18,8 @@ import time
 from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import devices as devicelib
-from model import runtime, train
-from model.convert import is_optimizer_state
+from model import graph as graphlib
+from model import train
 from model.errors import UserError
 from model.compat import mtf, simd_mesh_impl, tf
 
@@ -98,13 +98,8 @@ def _write_summaries(output_dir):
 def _init_from(path):
     """Start from the model weights in `path` (a converted or released model);
     optimizer slots and new layers keep their initial values."""
-    if os.path.isdir(path):
-        path = runtime.latest_checkpoint(path)
-    stored = dict(tf.train.list_variables(path))
-    wanted = {v.op.name: v for v in tf.global_variables()
-              if v.op.name in stored and not is_optimizer_state(v.op.name)}
-    runtime.check_checkpoint(path, {n: v.shape.as_list() for n, v in wanted.items()})
-    tf.train.init_from_checkpoint(path, {n: n for n in wanted})
+    path, wanted = graphlib.model_weights(path, tf.global_variables())
+    tf.train.init_from_checkpoint(path, {v.op.name: v.op.name for v in wanted})
 
 
 def input_fn_for(opts):

@@ -17,8 +17,8 @@ import numpy as np
 from model import inputs as inputs_lib
 from model import mesh as meshlib
 from model import devices as devicelib
+from model import graph as graphlib
 from model import network, optimizer, params as params_lib, runtime
-from model.convert import is_optimizer_state as is_training_state
 from model.errors import UserError
 from model.compat import mtf, tf
 
@@ -289,7 +289,7 @@ class Trainer:
             for prefix in good:
                 try:
                     if _has_training_state(prefix, self.graph):
-                        runtime.check_checkpoint(prefix, runtime.expected_variables(self.graph))
+                        graphlib.check_checkpoint(prefix, graphlib.expected_variables(self.graph))
                         self.saver.restore(self.session, prefix)
                         self.resumed_from = prefix
                     else:
@@ -320,12 +320,7 @@ class Trainer:
     def _load_weights(self, path):
         """Load the model weights present in `path`; slots and new layers keep
         their initial values (fine-tuning a converted model)."""
-        if os.path.isdir(path):
-            path = runtime.latest_checkpoint(path)
-        stored = dict(tf.train.list_variables(path))
-        wanted = [v for v in self.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
-                  if v.op.name in stored and not is_training_state(v.op.name)]
-        runtime.check_checkpoint(path, {v.op.name: v.shape.as_list() for v in wanted})
+        path, wanted = graphlib.model_weights(path, graphlib.master_variables(self.graph))
         tf.train.Saver(var_list=wanted).restore(self.session, path)
 
     def step(self):
@@ -405,7 +400,7 @@ def _has_training_state(path, graph):
     """Does the checkpoint hold this graph's optimizer state (i.e. was it written
     by this training setup), rather than model weights alone?"""
     stored = dict(tf.train.list_variables(path))
-    wanted = [n for n in runtime.expected_variables(graph) if is_training_state(n)]
+    wanted = [n for n in graphlib.expected_variables(graph) if graphlib.is_optimizer_state(n)]
     return all(n in stored for n in wanted) and "global_step" in stored
 
 

@@ -239,10 +239,16 @@ def test_modelconvert_force_never_deletes_the_source_or_foreign_files(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_temperature_must_be_finite_and_positive(value):
-    from model import decoding
+    import argparse
+    from model import cli_infer, decoding
     from model.errors import UserError
-    with pytest.raises(UserError, match="--temperature"):
+    with pytest.raises(ValueError, match="^temperature must be a finite number"):
         decoding.Sampling(temperature=float(value))
+    # The command-line layer names the flag.
+    args = argparse.Namespace(top_k=120, top_p=1.0, temperature=float(value))
+    enc = argparse.Namespace(nottoken=1, separator=2, endoftext=3)
+    with pytest.raises(UserError, match="^--temperature must be a finite number"):
+        cli_infer.make_sampling(args, enc)
 
 
 @pytest.mark.parametrize("keep", [0, 0.5])

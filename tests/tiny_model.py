@@ -51,7 +51,7 @@ def make_model_dir(path, params=None, seed=0, output_bias=None):
                    if v.op.name == "model/wob"][0]
             ids = sorted(output_bias)
             forward.session.run(tf.scatter_update(wob, ids, [float(output_bias[i]) for i in ids]))
-        forward.saver.save(forward.session, os.path.join(path, "model.ckpt"))
+        forward.save(os.path.join(path, "model.ckpt"))
     forward.close()
     paramslib.save(params, path)
     return path

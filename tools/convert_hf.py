@@ -338,7 +338,7 @@ def import_hf(src, dst, dtype="float32", force=False, progress=True):
 
 # ---- export --------------------------------------------------------------------
 def export_hf(src, dst, vocabulary=None, emoji=None, dtype="float32", force=False):
-    from model import convert, runtime
+    from model import convert, graph as graphlib
     from model import params as params_lib
     from safetensors.numpy import save_file
 
@@ -358,7 +358,7 @@ def export_hf(src, dst, vocabulary=None, emoji=None, dtype="float32", force=Fals
     cli.require_file(emoji, "emoji file", "pass --emoji")
 
     shapes = convert.model_variable_shapes(model_params)
-    runtime.check_checkpoint(prefix, shapes)
+    graphlib.check_checkpoint(prefix, shapes)
     from model.compat import tf
     reader = tf.train.load_checkpoint(prefix)
     tensors = {}
