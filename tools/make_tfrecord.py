@@ -846,12 +846,15 @@ def released_examples(files, process, num_process, opts, enc, table, clean, seed
             fi = int(rs.randint(len(open_files)))
             f = open_files[fi]
             hybrid_draw = rs.random()
-            nextsent, pending = None, None
+            nextsent = None
+            # the first line is read before anything else is drawn: a file found at its
+            # end is closed without further draws
+            line = f.readline()
+            if line is None:
+                f.close()
+                open_files.pop(fi)
+                continue
             if opts.use_nextsent:
-                line = f.readline()
-                if line is None:
-                    open_files.pop(fi)
-                    continue
                 if rs.random() < 0.5:  # the true next sentence: this line, then the next
                     following = f.readline()
                     if following is not None:
@@ -863,7 +866,7 @@ def released_examples(files, process, num_process, opts, enc, table, clean, seed
                     if taken is not None:
                         nextsent = NextSentence(encode(taken, False)[:(C - 2) // 2], False)
                     other.rewind()
-                pending = line
+            pending = line
             base = 1 + (len(nextsent.tokens) + 1 if nextsent is not None else 0)
             if opts.mode == "hybrid":
                 n_prefix = int(rs.randint(0, C - 1 - base)) if hybrid_draw < opts.hybrid_rate \
