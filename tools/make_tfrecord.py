@@ -23,14 +23,24 @@ join with the <BR> token (a document is encoded as one text; the encoder writes 
                   does not fit carries over into the next example, so no token is lost and
                   only the last example of each block (8 MiB of input by default, so the
                   end of every smaller file) holds <|nottoken|> padding.
-  released        the released accumulation: consecutive lines of a block (each line and
-                  its <BR>) are collected until they fill the context, laid out as one
-                  example, and the rest of the last line is cut (lost); documents are
-                  not separated; the text left at the block's end makes a last, padded
-                  example. It follows the released rules as described, but its record
-                  count on the released test input is not yet the released one (97 vs
-                  74 records from the same 300 lines), so it does not reproduce the
-                  released data record for record.
+  released        the released make_tfrecord_simple.py, record for record (checked against
+                  its recorded output on known inputs): the files (shuffled with --seed)
+                  are dealt out to --num_process released processes (here --num_process
+                  is part of the output: file k goes to process k mod num_process, each
+                  writes <name>-PPPPP-00000.tfrecord, P = the process); each process draws
+                  from numpy's RandomState(process) (with --seed 0, as released). Per
+                  example it picks one of its open files at random and reads whole lines
+                  (blank lines too, each ending in <BR>; documents are not separated):
+                  the prefix from raw lines until it is full, the rest of the line it
+                  ends in as is, then cleaned LM lines until the context is full; the
+                  rest of the last line is cut (lost). A file's last example ends with
+                  <|endoftext|> (target of itself, released) and padding; a file that
+                  ends inside a prefix gives no example. --block_mb does not apply.
+                  Released numbers: hybrid prefix uniform in [0, num_context-2-s) with s
+                  the next-sentence part; masking int(rate * prefix) positions, rate
+                  --num_mask (halved with a next sentence); the next sentence is the
+                  first (num_context-2)//2 tokens of a line, and a random one comes from
+                  a line of a random open file, which then reads from its start again.
   document        each example holds text of one document only: a long document is split
                   into as many examples as it needs and the last (or only) one is padded
                   with <|nottoken|> (y = -1 there), so <|endoftext|> only ever stands at a
@@ -1314,12 +1324,16 @@ def build_parser():
     p.add_argument("--use_nextsent", action="store_true", help="add the next-sentence part")
     p.add_argument("--num_context", type=int, default=1280, help="tokens per example")
     p.add_argument("--clean_text", action="store_true",
-                   help="encode the whole text, prefix and LM part alike, with cleaning "
+                   help="encode all text, prefix and next sentence included, with cleaning "
                         "(URLs, e-mail addresses, dates, ... become <URL>, <EMAIL>, <DATE>, "
-                        "...); off: the text is encoded as written. (The released tool "
-                        "cleaned the LM part only; that split is not reproduced.)")
-    p.add_argument("--num_process", type=int, default=1, help="worker processes")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+                        "...). Off (default): --layout released encodes the LM lines with "
+                        "cleaning and the prefix and next sentence as written (released); "
+                        "--layout pack/document encode everything as written")
+    p.add_argument("--num_process", type=int, default=1,
+                   help="worker processes; with --layout released also the released "
+                        "process count, which decides the output (see the docstring)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (--layout released: 0 draws as the released tool)")
     p.add_argument("--block_mb", type=float, default=8.0,
                    help="MiB of input text per shard; part of what determines the output")
     p.add_argument("--vocabulary", help="vocabulary file; when not given, encode_swe's own")
