@@ -868,13 +868,14 @@ def released_examples(files, process, num_process, opts, enc, table, clean, seed
                 if rs.random() < 0.5:  # the true next sentence: this line, then the next
                     following = f.readline()
                     if following is not None:
-                        nextsent = NextSentence(encode(line, False)[:(C - 2) // 2], True)
+                        nextsent = NextSentence(encode(line, clean_prefix)[:(C - 2) // 2], True)
                         line = following
                 else:  # a random sentence: a line of a random file, rewound after
                     other = open_files[int(rs.randint(len(open_files)))]
                     taken = other.readline()
                     if taken is not None:
-                        nextsent = NextSentence(encode(taken, False)[:(C - 2) // 2], False)
+                        nextsent = NextSentence(encode(taken, clean_prefix)[:(C - 2) // 2],
+                                                False)
                     other.rewind()
             pending = line
             base = 1 + (len(nextsent.tokens) + 1 if nextsent is not None else 0)
