@@ -820,64 +820,111 @@ def test_our_records_match_the_released_feature_spec(tf, tmp_path):
     assert count >= 1
 
 
-def test_released_layout_rules_hold_in_the_golden_records():
-    """The rules our layout shares with the released one, checked on its records."""
-    import json
+# (variant folder, mode, input: the single 300-line file or the CSV, extra options) as the
+# released tool was run for the golden records (released/README.md, "records/")
+RELEASED_VARIANTS = {
+    "lm": ("lm", "single", {}), "mlm": ("mlm", "single", {}),
+    "hybrid": ("hybrid", "single", {}), "hybrid_np8": ("hybrid", "single", {"num_process": 8}),
+    "hybrid_csv": ("hybrid", "csv", {}),
+    "hybrid_nextsent_csv": ("hybrid", "csv", {"use_nextsent": True}),
+    "mlm_nextsent_csv": ("mlm", "csv", {"use_nextsent": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def project_encoder():
+    encode_swe = pytest.importorskip("encode_swe")
+    enc = encode_swe.load_encoder(encode_swe.DEFAULT_VOCAB, encode_swe.DEFAULT_EMOJI)
+    return enc, mt.TokenTable(enc)
+
+
+def released_run(variant, enc, table):
+    """Our --layout released on the golden inputs: {process: [(x, y, i, num_input)]}."""
     path = released_records_dir()
-    for variant, mode in (("lm", "lm"), ("mlm", "mlm"), ("hybrid", "hybrid")):
-        golden = [json.loads(line) for line in
-                  open(os.path.join(path, variant, "%s_0000.jsonl" % mode))]
-        for r in golden:
-            x, n = r["x"], r["num_input"]
-            assert x[0] == 35993 and x[n] == 35998  # <|startoftext|> ... <|segmenter|>
+    mode, source, extra = RELEASED_VARIANTS[variant]
+    num_process = extra.get("num_process", 1)
+    if source == "csv":
+        files = mt.files_from_csv(os.path.join(path, "input_long.csv"), mt.RunStats())
+        present = [(f.path, f.class_id) for f in files]
+    else:
+        present = [(f.path, None) for f in
+                   mt.files_from_globs(os.path.join(path, "input", "single", "*.txt"))]
+    order = mt.released_file_order(present, 0)
+    opts = mt.LayoutOptions(mode, 64, use_nextsent=extra.get("use_nextsent", False),
+                            layout="released")
+    out = {}
+    for k in range(num_process):
+        out[k] = [(list(ex.x), list(ex.y), int(i), int(ex.num_input)) for ex, i in
+                  mt.released_examples(order[k::num_process], k, num_process, opts, enc,
+                                       table, (False, True), 0, Counter())]
+    return out
+
+
+def golden_records(variant, process):
+    import json
+    mode = RELEASED_VARIANTS[variant][0]
+    name = os.path.join(released_records_dir(), variant, "%s_%04d.jsonl" % (mode, process))
+    return [(r["x"], r["y"], r["i"], r["num_input"]) for r in map(json.loads, open(name))]
+
+
+@pytest.mark.parametrize("variant", list(RELEASED_VARIANTS))  # about 0.1 s each
+def test_released_layout_reproduces_the_golden_records(project_encoder, variant):
+    """Same inputs, same seeding (numpy seeded with the process index): the same records,
+    value for value, in the same order, in every process (np8: 7 of them write nothing)."""
+    ours = released_run(variant, *project_encoder)
+    for process, records in ours.items():
+        golden = golden_records(variant, process)
+        assert len(records) == len(golden), (variant, process)
+        for k, (got, want) in enumerate(zip(records, golden)):
+            assert got == want, (variant, process, k)
+
+
+def test_released_layout_rules_in_the_golden_records():
+    """Layout rules read off the golden records themselves (independent of our code): the
+    positions of the special tokens, the mlm segmenter, the masking rate in the prefix."""
+    SOT_, SEP_, BAG_, SEG_, EOT_ = 35993, 35995, 35997, 35998, 35999
+    for variant, (mode, source, extra) in RELEASED_VARIANTS.items():
+        nextsent = extra.get("use_nextsent", False)
+        masked = prefix_positions = 0
+        for x, y, i, n in golden_records(variant, 0):
+            assert x[0] == SOT_ and x[n] == SEG_ and x.count(SEG_) == 1
+            if nextsent and SEP_ in x[:n]:
+                s = x.index(SEP_)
+                assert s == 32 and y[s - 1] in (SEP_, EOT_)  # sentence of (64-2)//2 tokens
+                first = s + 1
+            else:
+                first = 1
+            if mode == "mlm":
+                assert n == 62  # the segmenter at num_context - 2
             if mode == "lm":
                 assert n == 1
-            if mode == "mlm":
-                assert n == 62  # our mlm rule: the segmenter at num_context - 2
+            if EOT_ in x:  # a file's end: <|endoftext|> targets itself, the one before none
+                e = x.index(EOT_)
+                assert y[e] == EOT_ and y[e - 1] == -1 and all(t == 35996 for t in x[e + 1:])
+            for t in range(n + 1, 64):  # <|bagoftoken|> stands in x and y alike
+                if x[t] == BAG_:
+                    assert y[t - 1] == BAG_ and x[t - 1] not in (BAG_, SEG_)
+            prefix = n - first
+            hits = sum(y[p - 1] >= 0 for p in range(first, n))
+            rate = 0.04 if first > 1 else 0.08  # with a next sentence the rate is halved
+            assert hits == min(int(prefix * rate), 100), (variant, x)
+            masked += hits
+            prefix_positions += prefix
+        if mode != "lm":
+            assert masked > 0 and prefix_positions > 0
 
 
-def test_released_layout_accumulates_lines_and_cuts_the_rest(tf, tmp_path):
-    # lines of 5 letters + <BR> = 6 tokens; num_context 16 in lm mode holds 13 LM tokens
-    # (SOT, SEG, then 13 with the 14th as the last target): lines gather until they reach
-    # 16 tokens (3 lines = 18), one example is laid out and the 5 tokens left are lost
-    lines = ["abcde", "fghij", "klmno", "pqrst", "uvwxy", "abcab", "cdeab"]
-    write(tmp_path / "a.txt", "\n".join(lines[:4]) + "\n\n\n" + "\n".join(lines[4:]) + "\n")
-    _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode="lm",
-                         num_context=16, layout="released")
-    records = read_records(tf, os.path.join(out, *shards))
-    br = ENC.ids["<BR>"]
-    text = [t for line in lines for t in ids(line) + [br]]
-    assert len(records) == 3  # texts of 18, 18 and the 6 left at the end
-    assert records[0]["x"] == [SOT, SEG] + text[:14]
-    assert records[0]["y"] == [-1] + text[:15]
-    # the second example starts at the fourth line: the rest of the third is cut, and the
-    # document boundary after the fourth line leaves no trace
-    assert records[1]["x"] == [SOT, SEG] + text[18:32]
-    assert records[2]["x"][:9] == [SOT, SEG] + text[36:42] + [EOT]
-
-
-@pytest.mark.parametrize("mode", ["lm", "mlm", "hybrid"])
-def test_released_layout_on_the_golden_input_keeps_the_golden_rules(
-        released_vocabulary, tf, tmp_path, mode):
-    import json
+def test_released_layout_from_the_command_line(tf, tmp_path):
+    """The script path: 8 released processes, only process 0 has a file; its shard holds
+    the golden records with i = num_written * 8 + 0."""
     path = released_records_dir()
+    pytest.importorskip("encode_swe")
     out = str(tmp_path / "out")
-    done = cli("--input_files", os.path.join(path, "input", "single", "*.txt"), "--mode", mode,
-               "--num_context", "64", "--layout", "released", "--output_dir", out,
-               "--no_progress", *released_vocabulary)
+    done = cli("--input_files", os.path.join(path, "input", "single", "*.txt"),
+               "--mode", "hybrid", "--num_context", "64", "--layout", "released",
+               "--num_process", "8", "--output_dir", out, "--no_progress")
     assert done.returncode == 0, done.stderr
-    ours = [r for name in sorted(glob.glob(os.path.join(out, "*.tfrecord")))
-            for r in read_records(tf, name)]
-    golden = [json.loads(line) for line in
-              open(os.path.join(path, mode, "%s_0000.jsonl" % mode))]
-
-    def rules(x, n):
-        return (x[0] == 35993, x[n] == 35998, len(x) == 64,
-                n == 1 if mode == "lm" else n == 62 if mode == "mlm" else 1 <= n <= 62)
-    for r in golden:
-        assert all(rules(r["x"], r["num_input"]))
-    for r in ours[:-1]:  # the last may be the short text left at the end
-        assert all(rules(r["x"], r["num_input"][0])), r
-        assert 35996 not in r["x"]  # no <|nottoken|> padding in a full example
-    # the ids run 0, 1, 2, ... as released with one process
-    assert [r["i"][0] for r in ours] == list(range(len(ours)))
+    assert sorted(os.listdir(out)) == ["train-00000-00000.tfrecord", "train-summary.json"]
+    ours = [(r["x"], r["y"], r["i"][0], r["num_input"][0])
+            for r in read_records(tf, os.path.join(out, "train-00000-00000.tfrecord"))]
+    assert ours == golden_records("hybrid_np8", 0)

@@ -23,14 +23,24 @@ join with the <BR> token (a document is encoded as one text; the encoder writes 
                   does not fit carries over into the next example, so no token is lost and
                   only the last example of each block (8 MiB of input by default, so the
                   end of every smaller file) holds <|nottoken|> padding.
-  released        the released accumulation: consecutive lines of a block (each line and
-                  its <BR>) are collected until they fill the context, laid out as one
-                  example, and the rest of the last line is cut (lost); documents are
-                  not separated; the text left at the block's end makes a last, padded
-                  example. It follows the released rules as described, but its record
-                  count on the released test input is not yet the released one (97 vs
-                  74 records from the same 300 lines), so it does not reproduce the
-                  released data record for record.
+  released        the released make_tfrecord_simple.py, record for record (checked against
+                  its recorded output on known inputs): the files (shuffled with --seed)
+                  are dealt out to --num_process released processes (here --num_process
+                  is part of the output: file k goes to process k mod num_process, each
+                  writes <name>-PPPPP-00000.tfrecord, P = the process); each process draws
+                  from numpy's RandomState(process) (with --seed 0, as released). Per
+                  example it picks one of its open files at random and reads whole lines
+                  (blank lines too, each ending in <BR>; documents are not separated):
+                  the prefix from raw lines until it is full, the rest of the line it
+                  ends in as is, then cleaned LM lines until the context is full; the
+                  rest of the last line is cut (lost). A file's last example ends with
+                  <|endoftext|> (target of itself, released) and padding; a file that
+                  ends inside a prefix gives no example. --block_mb does not apply.
+                  Released numbers: hybrid prefix uniform in [0, num_context-2-s) with s
+                  the next-sentence part; masking int(rate * prefix) positions, rate
+                  --num_mask (halved with a next sentence); the next sentence is the
+                  first (num_context-2)//2 tokens of a line, and a random one comes from
+                  a line of a random open file, which then reads from its start again.
   document        each example holds text of one document only: a long document is split
                   into as many examples as it needs and the last (or only) one is padded
                   with <|nottoken|> (y = -1 there), so <|endoftext|> only ever stands at a
@@ -76,7 +86,6 @@ unreadable and malformed CSV rows are counted in the summary.
 import csv
 import dataclasses
 import hashlib
-import itertools
 import signal
 import functools
 import glob
@@ -585,18 +594,21 @@ class ShardWriter:
         self.id_stride = id_stride
         self.file, self.records, self.pending = open(self.tmp, "wb"), 0, []
 
-    def write(self, example):
-        self.pending.append(example)
+    def write(self, example, i=None):
+        """`i`: this record's feature i, overriding class_id / the running id."""
+        self.pending.append((example, i))
         if len(self.pending) == self.BATCH:
             self._flush()
 
     def _flush(self):
         if self.pending:
             batch, self.pending = self.pending, []
+            ids = [[i] if i is not None else default
+                   for (_, i), default in zip(batch, self._ids(len(batch)))]
+            batch = [e for e, _ in batch]
             self.file.write(tfrecord_frames(serialize_examples({
                 "x": [e.x for e in batch], "y": [e.y for e in batch],
-                "num_input": [[e.num_input] for e in batch],
-                "i": self._ids(len(batch))})))
+                "num_input": [[e.num_input] for e in batch], "i": ids})))
             self.records += len(batch)
 
     def _ids(self, n):
@@ -693,8 +705,6 @@ class _Progress:
 
 def read_block(task, job, enc, table, stats, progress):
     """Encode the documents of a block; returns their Document objects."""
-    if job.layout.layout == "released":
-        return read_block_released(task, job, enc, table, stats, progress)
     docs, done = [], task.start
     for lines, offset in read_block_documents(task.file.path, task.start, task.end, stats):
         tokens = encode_lines(lines, enc, job.clean_text)
@@ -716,35 +726,6 @@ def read_block(task, job, enc, table, stats, progress):
             joined.append(table.eot)
         return [Document(joined[:-1], table)]
     return [Document(tokens, table) for tokens in docs]
-
-
-def read_block_released(task, job, enc, table, stats, progress):
-    """Texts of the released layout: whole lines (each with its <BR>, documents not
-    separated) collected until they fill the context; each text becomes one example,
-    cut there. The text left at the block's end is a last, shorter one."""
-    texts, buffer, done = [], [], task.start
-    for lines, offset in read_block_documents(task.file.path, task.start, task.end, stats):
-        stats["documents"] += 1
-        stats["lines"] += len(lines)
-        tokens = 0
-        for line in lines:
-            if not line:
-                continue
-            encoded = enc.encode(line, clean=job.clean_text)
-            tokens += len(encoded)
-            buffer.extend(encoded)
-            buffer.append(table.br)
-            if len(buffer) >= job.layout.num_context:
-                texts.append(buffer)
-                buffer = []
-        stats["tokens"] += tokens
-        reached = min(offset, task.end)
-        progress.add(max(reached - done, 0), tokens)
-        done = max(done, reached)
-    progress.add(task.end - done, 0)
-    if buffer:
-        texts.append(buffer)
-    return [Document(t, table) for t in texts]
 
 
 def convert_block(task, job, enc, table, report):
@@ -773,8 +754,6 @@ def convert_block(task, job, enc, table, report):
         for keep in pass_keep_rates(task.file.weight):
             for doc in docs:
                 examples = examples_from_document(doc, table, job.layout, rng, pool, stats)
-                if job.layout.layout == "released":  # one example per text, the rest cut
-                    examples = itertools.islice(examples, 1)
                 for example in examples:
                     if keep < 1.0 and rng.random() >= keep:
                         stats["sampled_out"] += 1
@@ -791,6 +770,279 @@ def convert_block(task, job, enc, table, report):
         writer.commit()
         shard = os.path.basename(writer.path) if writer.records else None
     return BlockResult(task.file.index, task.block, stats, shard, records)
+
+
+# ---------------------------------------------------------------- the released layout
+# The released make_tfrecord_simple.py, reconstructed from its recorded output (its records
+# on known inputs and seeds) rather than from its source. Each released process owns some
+# files and a numpy RandomState seeded with its index; for every example it draws, in this
+# order: the file (randint over the files still open), the hybrid_rate test (a uniform,
+# drawn in every mode), with --use_nextsent the true/random choice (and for a random
+# sentence the file to take it from), the prefix length, then per masked position its kind
+# (and a random token). Matching that order is what makes the records identical.
+class _ReleasedFile:
+    """One input file read line by line, as the released tool reads it: reading can be
+    rewound to the first line (the released tool closes a file it took a random sentence
+    from, and opens it again when it next reads from it)."""
+
+    def __init__(self, path, class_id, stats):
+        self.path, self.class_id, self.stats = path, class_id, stats
+        self.handle, self.at_start = None, True
+
+    def readline(self):
+        """The next line with its line break (which the encoder turns into <BR>), or
+        None at the end. A line that is not UTF-8 is skipped and counted."""
+        while True:
+            if self.handle is None:
+                self.handle = open(self.path, "rb")
+            raw = self.handle.readline()
+            if not raw:
+                return None
+            first, self.at_start = self.at_start, False
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.stats["undecodable_lines"] += 1
+                continue
+            self.stats["lines"] += 1
+            return text.lstrip("\ufeff") if first else text
+
+    def rewind(self):
+        self.close()
+        self.at_start = True
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def released_process_rng(seed, process):
+    """The released worker seeds numpy with its process index; --seed 0 is that."""
+    return np.random.RandomState(process if seed == 0 else [seed, process])
+
+
+def released_file_order(files, seed):
+    """The released tool shuffles its file list once (numpy's global generator, which it
+    never seeds; seeded here with --seed) and deals it out to the processes."""
+    order = list(files)
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
+def _bag_line(tokens, table):
+    """<|bagoftoken|> substitution, line by line as released (a run never spans lines)."""
+    return compress_runs(np.asarray(tokens, np.int64), table) if len(tokens) else \
+        np.zeros(0, np.int64)
+
+
+def released_examples(files, process, num_process, opts, enc, table, clean, seed, stats):
+    """Yield (Example, i) for one released process over its `files` [(path, class_id)].
+
+    clean: (prefix, LM part) -> encode with cleaning. `i` is the class id with a CSV
+    (class ids given), else the running id num_written * num_process + process.
+    """
+    rs = released_process_rng(seed, process)
+    C = opts.num_context
+    vocabulary_size = len(table.ordinary)
+    handles = [_ReleasedFile(path, class_id, stats) for path, class_id in files]
+    open_files, written = list(handles), 0
+    clean_prefix, clean_lm = clean
+
+    def encode(line, cleaned):
+        return enc.encode(line, clean=cleaned)
+    try:
+        while open_files:
+            fi = int(rs.randint(len(open_files)))
+            f = open_files[fi]
+            hybrid_draw = rs.random()
+            nextsent = None
+            # the first line is read before anything else is drawn: a file found at its
+            # end is closed without further draws
+            line = f.readline()
+            if line is None:
+                f.close()
+                open_files.pop(fi)
+                continue
+            if opts.use_nextsent:
+                if rs.random() < 0.5:  # the true next sentence: this line, then the next
+                    following = f.readline()
+                    if following is not None:
+                        nextsent = NextSentence(encode(line, clean_prefix)[:(C - 2) // 2], True)
+                        line = following
+                else:  # a random sentence: a line of a random file, rewound after
+                    other = open_files[int(rs.randint(len(open_files)))]
+                    taken = other.readline()
+                    if taken is not None:
+                        nextsent = NextSentence(encode(taken, clean_prefix)[:(C - 2) // 2],
+                                                False)
+                    other.rewind()
+            pending = line
+            base = 1 + (len(nextsent.tokens) + 1 if nextsent is not None else 0)
+            if opts.mode == "hybrid":
+                n_prefix = int(rs.randint(0, C - 1 - base)) if hybrid_draw < opts.hybrid_rate \
+                    else 0
+            elif opts.mode == "mlm":
+                n_prefix = C - 2 - base
+            else:
+                n_prefix = 0
+            buffer, complete = [], True
+            while len(buffer) < n_prefix:
+                line, pending = (pending, None) if pending is not None else (f.readline(), None)
+                if line is None:
+                    complete = False
+                    break
+                buffer.extend(encode(line, clean_prefix))
+            if not complete:  # the file ended inside the prefix: no example, file closed
+                f.close()
+                open_files.pop(fi)
+                continue
+            prefix = np.asarray(buffer[:n_prefix], np.int64)
+            rest = np.asarray(buffer[n_prefix:], np.int64)
+            rate = opts.num_mask / 2 if nextsent is not None else opts.num_mask
+            count = min(int(n_prefix * rate), opts.max_mask)
+            prefix_x, prefix_y = prefix.copy(), np.full(n_prefix, -1, np.int64)
+            if n_prefix:
+                for q in rs.choice(n_prefix, count, replace=False):
+                    prefix_y[q] = prefix[q]
+                    if rs.random() < 0.8:
+                        prefix_x[q] = table.mask
+                    elif rs.random() < 0.5:
+                        prefix_x[q] = rs.randint(0, vocabulary_size)
+            # the rest of the line the prefix ended in stays as it was encoded for the
+            # prefix (no separators); the lines after it are LM lines
+            lm_x, lm_y, need, ended = [rest], [rest], C - base - n_prefix, False
+            have = len(rest)
+            while have < need:
+                line, pending = (pending, None) if pending is not None else (f.readline(), None)
+                if line is None:
+                    ended = True
+                    break
+                tokens = _bag_line(encode(line, clean_lm), table)
+                lm_y.append(tokens)
+                lm_x.append(np.where(table.sentence_end[tokens], table.sep, tokens))
+                have += len(tokens)
+            if ended:
+                f.close()
+                open_files.pop(fi)
+                if not have and not n_prefix:
+                    continue
+            lm_x, lm_y = np.concatenate(lm_x), np.concatenate(lm_y)
+            example = released_assemble(C, table, nextsent, prefix_x, prefix_y, lm_x, lm_y,
+                                        ended)
+            count_example(stats, example, nextsent, n_prefix, count, lm_y[:need], table)
+            i = f.class_id if f.class_id is not None else written * num_process + process
+            written += 1
+            yield example, i
+    finally:
+        for h in handles:
+            h.close()
+
+
+def released_assemble(C, table, nextsent, prefix_x, prefix_y, lm_x, lm_y, ended):
+    """x = SOT [sentence SEP] prefix SEG LM [EOT], y as released: the next-sentence label
+    at the sentence's last position, masked targets one before their position, the LM
+    targets from the segmenter on; at a file's end <|endoftext|> is the target of itself
+    and the position before it has none (a released off-by-one, kept)."""
+    x = [np.array([table.sot])]
+    y = []
+    if nextsent is not None:
+        x += [nextsent.tokens, [table.sep]]
+        y += [np.full(len(nextsent.tokens), -1), [table.sep if nextsent.is_next else table.eot]]
+    x += [prefix_x, [table.seg], lm_x]
+    y += [prefix_y, [-1], lm_y]
+    if ended:
+        x.append([table.eot])
+        y.append([-1, table.eot])
+    x = np.concatenate([np.asarray(a, np.int64) for a in x])[:C]
+    y = np.concatenate([np.asarray(a, np.int64) for a in y])[:C]
+    num_input = 1 + (len(nextsent.tokens) + 1 if nextsent is not None else 0) + len(prefix_x)
+    out_x = np.full(C, table.nottoken, np.int64)
+    out_y = np.full(C, -1, np.int64)
+    out_x[:len(x)], out_y[:len(y)] = x, y
+    return Example(out_x, out_y, num_input)
+
+
+def convert_released_process(job, process, num_process, files, enc=None, table=None):
+    """One released process: its files -> one shard; returns a BlockResult."""
+    if enc is None:
+        enc = job.encoder_factory()
+        table = TokenTable(enc)
+    stats = Counter()
+    writer = None
+    if job.output_dir is not None:
+        writer = ShardWriter(os.path.join(job.output_dir, shard_name(job.name, process, 0)),
+                             class_id=None)
+    # released: the prefix (and a next sentence) as written, the LM part cleaned
+    clean = (True, True) if job.clean_text else (False, True)
+    try:
+        for example, i in released_examples(files, process, num_process, job.layout, enc,
+                                            table, clean, job.seed, stats):
+            stats["records"] += 1
+            if writer is not None:
+                writer.write(example, i)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    shard = None
+    if writer is not None:
+        writer.commit()
+        shard = os.path.basename(writer.path) if writer.records else None
+    return BlockResult(process, 0, stats, shard, stats["records"])
+
+
+def _released_worker(job, process, num_process, files):
+    if "enc" not in _WORKER:
+        enc = job.encoder_factory()
+        _WORKER.update(enc=enc, table=TokenTable(enc))
+    return convert_released_process(job, process, num_process, files, _WORKER["enc"],
+                                    _WORKER["table"])
+
+
+def convert_released(files, job, num_process=1, stats=None, progress=True):
+    """--layout released: the files, shuffled by --seed, dealt out to --num_process
+    released processes (file k to process k mod num_process); one shard per process."""
+    from tqdm import tqdm
+    stats = stats if stats is not None else RunStats()
+    stats["files"] += len(files)
+    present = []
+    for f in files:
+        if f.weight == 0:
+            stats["zero_weight_files"] += 1
+        elif not os.path.isfile(f.path):
+            stats.skip("missing_files", "missing: %s" % f.path)
+        else:
+            stats["bytes"] += os.path.getsize(f.path)
+            present.append((f.path, None if job.running_ids else f.class_id))
+    order = released_file_order(present, job.seed)
+    groups = [order[k::num_process] for k in range(num_process)]
+    bar = tqdm(total=num_process, unit="process", desc="make_tfrecord", file=sys.stderr,
+               disable=not progress)
+    results = []
+    try:
+        if num_process == 1:
+            results.append(convert_released_process(job, 0, 1, groups[0]))
+            bar.update(1)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(num_process, os.cpu_count() or 1),
+                                     mp_context=context) as pool:
+                futures = [pool.submit(_released_worker, job, k, num_process, g)
+                           for k, g in enumerate(groups) if g]
+                for future in futures:
+                    results.append(future.result())
+                    bar.update(1)
+            bar.update(num_process - len(futures))
+    finally:
+        bar.close()
+    shards = {}
+    for r in sorted(results, key=lambda r: r.file_index):
+        stats.update(r.stats)
+        if r.shard:
+            shards[r.shard] = r.records
+    stats["shards"] += len(shards)
+    return stats, shards
 
 
 # Per-process state of pool workers: the progress queue, then the encoder, loaded by the
@@ -1073,12 +1325,16 @@ def build_parser():
     p.add_argument("--use_nextsent", action="store_true", help="add the next-sentence part")
     p.add_argument("--num_context", type=int, default=1280, help="tokens per example")
     p.add_argument("--clean_text", action="store_true",
-                   help="encode the whole text, prefix and LM part alike, with cleaning "
+                   help="encode all text, prefix and next sentence included, with cleaning "
                         "(URLs, e-mail addresses, dates, ... become <URL>, <EMAIL>, <DATE>, "
-                        "...); off: the text is encoded as written. (The released tool "
-                        "cleaned the LM part only; that split is not reproduced.)")
-    p.add_argument("--num_process", type=int, default=1, help="worker processes")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+                        "...). Off (default): --layout released encodes the LM lines with "
+                        "cleaning and the prefix and next sentence as written (released); "
+                        "--layout pack/document encode everything as written")
+    p.add_argument("--num_process", type=int, default=1,
+                   help="worker processes; with --layout released also the released "
+                        "process count, which decides the output (see the docstring)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (--layout released: 0 draws as the released tool)")
     p.add_argument("--block_mb", type=float, default=8.0,
                    help="MiB of input text per shard; part of what determines the output")
     p.add_argument("--vocabulary", help="vocabulary file; when not given, encode_swe's own")
@@ -1188,6 +1444,14 @@ def list_inputs(args, stats):
     return files_from_globs(args.input_files)
 
 
+def run_conversion(files, job, args, stats):
+    if args.layout == "released":
+        return convert_released(files, job, args.num_process, stats,
+                                progress=not args.no_progress)
+    return convert(files, job, args.num_process, int(args.block_mb * (1 << 20)), stats,
+                   progress=not args.no_progress)
+
+
 def main(args):
     check_args(args)
     stats = RunStats()
@@ -1204,8 +1468,7 @@ def main(args):
               running_ids=not args.input_csv)
     began = time.time()
     if args.dry_run:
-        stats, shards = convert(files, job, args.num_process, int(args.block_mb * (1 << 20)),
-                                stats, progress=not args.no_progress)
+        stats, shards = run_conversion(files, job, args, stats)
         print(format_summary(stats, time.time() - began))
         if not stats["records"]:
             cli.fail("no examples were produced (see the counts above)")
@@ -1217,8 +1480,7 @@ def main(args):
     handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         write_summary(summary_path, args, stats, {}, False, vocabulary)
-        stats, shards = convert(files, job, args.num_process, int(args.block_mb * (1 << 20)),
-                                stats, progress=not args.no_progress)
+        stats, shards = run_conversion(files, job, args, stats)
     except Interrupted as e:
         # workers killed mid-shard leave temporary files behind; finished shards stay,
         # listed nowhere, under the incomplete summary
