@@ -156,7 +156,7 @@ class OutputLock:
                     continue
                 raise UserError("%s is in use by another training run (pid %s on host %s, "
                                 "lock file %s); wait for it to finish or use another "
-                                "--output_dir" % (os.path.dirname(self.path), holder.get("pid"),
+                                "output directory" % (os.path.dirname(self.path), holder.get("pid"),
                                                   holder.get("host"), self.path))
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(me, f)

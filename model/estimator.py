@@ -141,8 +141,8 @@ def check_resumable(output_dir):
     latest = tf.train.latest_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if latest and "global_step" not in dict(tf.train.list_variables(latest)):
         raise UserError("%s holds model weights without training state; with the TPUEstimator "
-                        "path, write checkpoints to another --output_dir (the weights are "
-                        "read from this one)" % output_dir)
+                        "path, write checkpoints to another output directory (the weights "
+                        "are read from this one)" % output_dir)
     return latest
 
 

@@ -283,7 +283,7 @@ def test_estimator_refuses_a_weights_only_output_dir(tmp_path):
         with tf.Session() as s:
             s.run(tf.global_variables_initializer())
             tf.train.Saver().save(s, str(tmp_path / "model.ckpt"))
-    with pytest.raises(UserError, match="another --output_dir"):
+    with pytest.raises(UserError, match="another output directory"):
         estimator.check_resumable(str(tmp_path))
 
 
