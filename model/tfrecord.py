@@ -178,6 +178,9 @@ class ShardWriter:
     """
 
     BATCH = 256
+    # Not model.atomic.atomic_output: make_tfrecord finds an interrupted run's leftovers
+    # by the fixed name <shard>.tmp, and a shard that got no records is removed, not
+    # renamed into place.
 
     def __init__(self, path, class_id, id_stride=None):
         self.path, self.tmp, self.class_id = path, path + ".tmp", class_id
