@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository on sys.path)
+from tools import _layouts as layouts  # noqa: E402
 from tools import make_tfrecord as mt  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def cpu_seconds():
 
 def convert_seconds(files, factory, num_process, block_bytes):
     """(wall seconds, CPU seconds, stats) of one conversion."""
-    layout = mt.LayoutOptions("hybrid", 1280, use_nextsent=True)
+    layout = layouts.LayoutOptions("hybrid", 1280, use_nextsent=True)
     with tempfile.TemporaryDirectory() as out:
         job = mt.Job(layout, factory, seed=0, output_dir=out, name="bench")
         wall, cpu = time.perf_counter(), cpu_seconds()
@@ -72,7 +73,7 @@ def convert_seconds(files, factory, num_process, block_bytes):
 
 def layout_shares(files, factory, block_bytes, layout):
     """(padding share, target share, examples) of the text laid out by `layout`."""
-    options = mt.LayoutOptions("hybrid", 1280, layout=layout)
+    options = layouts.LayoutOptions("hybrid", 1280, layout=layout)
     job = mt.Job(options, factory, seed=0, output_dir=None, name="bench")
     stats, _ = mt.convert(files, job, 1, block_bytes, progress=False)
     positions = stats["examples"] * 1280

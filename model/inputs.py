@@ -8,10 +8,10 @@ y: [batch, num_context], num_input: [batch], i: [batch]}, all int32.
 TensorFlow is imported on first use, so tools can import this module cheaply.
 """
 from model.errors import UserError
+from model.tfrecord import count_records
 
 FEATURES = ("x", "y", "num_input", "i")
 SHUFFLE_BUFFER = 1024
-_HEADER = 12  # uint64 length + uint32 masked CRC of the length
 
 
 def _tf():
@@ -30,25 +30,6 @@ def list_record_files(file_pattern):
     if not files:
         raise UserError("no training records match %s" % file_pattern)
     return files
-
-
-def count_records(paths):
-    """Number of records in TFRecord files, read from the length headers only."""
-    tf = _tf()
-    total = 0
-    for path in paths:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            size, pos = f.size(), 0
-            while pos < size:
-                f.seek(pos)
-                header = f.read(_HEADER)
-                if len(header) < _HEADER:
-                    raise UserError("%s: truncated TFRecord at byte %d" % (path, pos))
-                pos += _HEADER + int.from_bytes(header[:8], "little") + 4
-                total += 1
-            if pos != size:
-                raise UserError("%s: truncated TFRecord at the end" % path)
-    return total
 
 
 def _feature_spec(num_context):

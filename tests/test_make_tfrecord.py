@@ -1,4 +1,5 @@
-"""tools/make_tfrecord.py and model/inputs.py: layout rules, reading, writing, CLI.
+"""tools/make_tfrecord.py with tools/_layouts.py, model/tfrecord.py and model/inputs.py:
+layout rules, reading, writing, CLI.
 
 Most tests use CharEncoder, a one-token-per-character stand-in for encode_swe, so the
 expected layouts can be written out by hand. The CLI tests at the end use the real
@@ -18,6 +19,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from model.errors import UserError
+from model import tfrecord
+from tools import _layouts as layouts
 from tools import make_tfrecord as mt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +67,7 @@ def broken_encoder():
 
 
 ENC = CharEncoder()
-TABLE = mt.TokenTable(ENC)
+TABLE = layouts.TokenTable(ENC)
 SOT, MASK, SEP, NOT, BAG, SEG, EOT = (getattr(ENC, n) for n in SPECIALS)
 LETTERS = [ENC.ids[c] for c in "abcdefghijklmnopqrstuvwxyz"]
 
@@ -75,12 +78,12 @@ def ids(text):
 
 def layout(tokens, rng_seed=0, pool=None, **options):
     """All examples of one document, plus the stats."""
-    opts = mt.LayoutOptions(**options)
+    opts = layouts.LayoutOptions(**options)
     rng = np.random.default_rng(rng_seed)
     stats = Counter()
-    doc = mt.Document(np.asarray(tokens), TABLE)
-    pool = pool if pool is not None else mt.SentencePool(rng)
-    return list(mt.examples_from_document(doc, TABLE, opts, rng, pool, stats)), stats
+    doc = layouts.Document(np.asarray(tokens), TABLE)
+    pool = pool if pool is not None else layouts.SentencePool(rng)
+    return list(layouts.examples_from_document(doc, TABLE, opts, rng, pool, stats)), stats
 
 
 def lm_length(example):
@@ -120,10 +123,10 @@ class PunctuationEncoder(CharEncoder):
 
 def test_every_sentence_end_becomes_separator_in_input_only():
     enc = PunctuationEncoder()
-    table = mt.TokenTable(enc)
+    table = layouts.TokenTable(enc)
     tokens = enc.encode("a。b｡c．d.e？f！g?h!i:j：k;l；m、n")
-    doc = mt.Document(np.asarray(tokens), table)
-    [ex] = mt.examples_from_document(doc, table, mt.LayoutOptions("lm", 64),
+    doc = layouts.Document(np.asarray(tokens), table)
+    [ex] = layouts.examples_from_document(doc, table, layouts.LayoutOptions("lm", 64),
                                      np.random.default_rng(0), None, Counter())
     stream_x = ex.x[2:2 + len(tokens)]
     kept = set(enc.encode("abcdefghijklmn、"))
@@ -141,9 +144,9 @@ def test_bag_of_token_in_input_and_target():
 
 
 def test_runs_shorter_than_three_and_special_runs_stay():
-    assert list(mt.compress_runs(ids("aabbb"), TABLE)) == ids("aab") + [BAG]
-    assert list(mt.compress_runs(ids("a\n\n\nb"), TABLE)) == ids("a\n\n\nb")  # <BR> special
-    assert list(mt.compress_runs(ids("ab"), TABLE)) == ids("ab")
+    assert list(layouts.compress_runs(ids("aabbb"), TABLE)) == ids("aab") + [BAG]
+    assert list(layouts.compress_runs(ids("a\n\n\nb"), TABLE)) == ids("a\n\n\nb")  # <BR> special
+    assert list(layouts.compress_runs(ids("ab"), TABLE)) == ids("ab")
 
 
 def test_long_document_split_into_full_examples_in_order():
@@ -346,11 +349,11 @@ def test_undecodable_lines_are_skipped_and_counted(tmp_path):
 
 # ---------------------------------------------------------------- TFRecord bytes
 def test_crc32c_check_value():
-    assert mt.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
     rng = np.random.default_rng(12)
     messages = [rng.integers(0, 256, int(rng.integers(4, 3000)), dtype=np.uint8).tobytes()
                 for _ in range(20)] + [b"123456789"]
-    assert mt.crc32c_many(messages) == [mt.crc32c(m) for m in messages]
+    assert tfrecord.crc32c_many(messages) == [tfrecord.crc32c(m) for m in messages]
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +366,7 @@ def test_examples_serialize_exactly_like_tensorflow(tf):
     rng = np.random.default_rng(13)
     rows = {"x": rng.integers(0, 70000, (3, 40)), "y": rng.integers(-1, 300, (3, 40)),
             "num_input": [[5], [0], [2 ** 40]], "i": [[-7], [1], [3]]}
-    ours = mt.serialize_examples(rows)
+    ours = tfrecord.serialize_examples(rows)
     for r, data in enumerate(ours):
         feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(
             value=[int(v) for v in np.ravel(rows[name][r])])) for name in rows}
@@ -380,13 +383,14 @@ def read_records(tf, path):
 
 
 def make_examples(rng, n, num_context):
-    return [mt.Example(rng.integers(0, 36000, num_context), rng.integers(-1, 36000, num_context),
-                       int(rng.integers(1, num_context))) for _ in range(n)]
+    return [layouts.Example(rng.integers(0, 36000, num_context),
+                            rng.integers(-1, 36000, num_context),
+                            int(rng.integers(1, num_context))) for _ in range(n)]
 
 
 def test_records_read_back_identically(tf, tmp_path):
     examples = make_examples(np.random.default_rng(14), 5, 12)
-    writer = mt.ShardWriter(str(tmp_path / "a-00000-00000.tfrecord"), class_id=9)
+    writer = tfrecord.ShardWriter(str(tmp_path / "a-00000-00000.tfrecord"), class_id=9)
     for ex in examples:
         writer.write(ex)
     writer.commit()
@@ -410,14 +414,14 @@ def test_records_read_back_identically(tf, tmp_path):
             ex = examples[2 * b + j]
             assert np.array_equal(batch["x"][j], ex.x) and np.array_equal(batch["y"][j], ex.y)
             assert batch["num_input"][j] == ex.num_input and batch["i"][j] == 9
-    assert inputs.count_records([str(tmp_path / "a-00000-00000.tfrecord")]) == 5
+    assert tfrecord.count_records([str(tmp_path / "a-00000-00000.tfrecord")]) == 5
 
 
 def test_read_dataset_errors(tf, tmp_path):
     from model import inputs
     with pytest.raises(UserError, match="nothing-here"):
         inputs.read_dataset(str(tmp_path / "nothing-here*"), 2, 12)
-    writer = mt.ShardWriter(str(tmp_path / "b-00000-00000.tfrecord"), class_id=0)
+    writer = tfrecord.ShardWriter(str(tmp_path / "b-00000-00000.tfrecord"), class_id=0)
     writer.write(make_examples(np.random.default_rng(15), 1, 12)[0])
     writer.commit()
     with pytest.raises(UserError, match="num_context"):
@@ -440,7 +444,7 @@ def run(files, tmp_path, out="out", num_process=1, block_bytes=1 << 20, seed=0, 
     output = None if out is None else str(tmp_path / out)
     if output:
         os.makedirs(output, exist_ok=True)
-    job = mt.Job(mt.LayoutOptions(**options), factory, seed, clean, output, "t")
+    job = mt.Job(layouts.LayoutOptions(**options), factory, seed, clean, output, "t")
     stats, shards = mt.convert(files, job, num_process, block_bytes, stats, progress=False)
     return stats, shards, output
 
@@ -496,7 +500,7 @@ def test_a_failing_worker_stops_the_run_instead_of_hanging(tmp_path):
 def test_a_write_error_leaves_no_partial_shard(tmp_path, monkeypatch):
     def disk_full(features):
         raise OSError("No space left on device")
-    monkeypatch.setattr(mt, "serialize_examples", disk_full)
+    monkeypatch.setattr(tfrecord, "serialize_examples", disk_full)
     files = [mt.InputFile(0, write(tmp_path / "a.txt", DOCS), 0)]
     with pytest.raises(OSError, match="No space"):
         run(files, tmp_path)
@@ -760,7 +764,7 @@ def test_running_record_ids_without_a_csv(tf, tmp_path):
     write(tmp_path / "a.txt", "abcdefghij" * 20)
     write(tmp_path / "b.txt", "abcdefghij" * 20)
     files = mt.files_from_globs(str(tmp_path / "*.txt"))
-    options = mt.LayoutOptions(mode="lm", num_context=16)
+    options = layouts.LayoutOptions(mode="lm", num_context=16)
     out = str(tmp_path / "out")
     os.makedirs(out)
     job = mt.Job(options, char_encoder, 0, False, out, "t", running_ids=True)
@@ -835,7 +839,7 @@ RELEASED_VARIANTS = {
 def project_encoder():
     encode_swe = pytest.importorskip("encode_swe")
     enc = encode_swe.load_encoder(encode_swe.DEFAULT_VOCAB, encode_swe.DEFAULT_EMOJI)
-    return enc, mt.TokenTable(enc)
+    return enc, layouts.TokenTable(enc)
 
 
 def released_run(variant, enc, table):
@@ -849,13 +853,13 @@ def released_run(variant, enc, table):
     else:
         present = [(f.path, None) for f in
                    mt.files_from_globs(os.path.join(path, "input", "single", "*.txt"))]
-    order = mt.released_file_order(present, 0)
-    opts = mt.LayoutOptions(mode, 64, use_nextsent=extra.get("use_nextsent", False),
+    order = layouts.released_file_order(present, 0)
+    opts = layouts.LayoutOptions(mode, 64, use_nextsent=extra.get("use_nextsent", False),
                             layout="released")
     out = {}
     for k in range(num_process):
         out[k] = [(list(ex.x), list(ex.y), int(i), int(ex.num_input)) for ex, i in
-                  mt.released_examples(order[k::num_process], k, num_process, opts, enc,
+                  layouts.released_examples(order[k::num_process], k, num_process, opts, enc,
                                        table, (False, True), 0, Counter())]
     return out
 
