@@ -136,6 +136,7 @@ def prefix_lm_mask(mesh, batch, length, memory, num_precontext, past_length):
 def attention(x, past, mask, cfg, name):
     """Multi-head self-attention over (pasts + this call's positions).
 
+    past: None or a list of cached (key, value) segments, in memory order.
     Returns the output and this call's (key, value) as the layer's present.
     """
     d = cfg.dims
@@ -149,14 +150,24 @@ def attention(x, past, mask, cfg, name):
     k = mtf.rename_dimension(k, length.name, memory.name)
     v = mtf.rename_dimension(v, length.name, memory.name)
     present = (k, v)
-    if past is not None:
-        k = mtf.concat([past[0], k], memory.name)
-        v = mtf.concat([past[1], v], memory.name)
-    scores = mtf.einsum([q, k], [batch, d.header, length, k.shape.dims[2]])
+    # Scores are taken against each segment and joined; the segments themselves
+    # are never concatenated, which would copy the whole key/value cache of the
+    # layer at every decoding step.
+    segments = list(past or []) + [present]
+    scores = [mtf.einsum([q, sk], [batch, d.header, length, sk.shape.get_dim_by_name("memory")])
+              for sk, _ in segments]
+    scores = scores[0] if len(scores) == 1 else mtf.concat(scores, "memory")
     scores = to_float(scores) * (d.kv.size ** -0.5)
     scores = scores * mask - (1.0 - mask) * MASK_PENALTY
-    weights = mtf.cast(mtf.softmax(scores, reduced_dim=k.shape.dims[2]), cfg.activation_dtype)
-    a = mtf.einsum([weights, v], [batch, d.header, length, d.kv])
+    weights = mtf.cast(mtf.softmax(scores, reduced_dim=scores.shape.dims[-1]),
+                       cfg.activation_dtype)
+    a, begin = None, 0
+    for _, sv in segments:
+        size = sv.shape.get_dim_by_name("memory").size
+        w = weights if len(segments) == 1 else mtf.slice(weights, begin, size, "memory")
+        part = mtf.einsum([w, sv], [batch, d.header, length, d.kv])
+        a = part if a is None else a + part
+        begin += size
     return mtf.einsum([a, w_o], [batch, length, d.hidden]), present
 
 
@@ -337,7 +348,7 @@ def embed(tokens, positions, cfg, train):
     return x, wte
 
 
-def output_logits(x, wte, cfg):
+def output_logits(x, wte, cfg, train=False):
     """swish(x W + b) against the tied embedding, plus a vocabulary bias.
     The names dense/kernel and dense_1/bias are the released checkpoint's."""
     d = cfg.dims
@@ -346,7 +357,28 @@ def output_logits(x, wte, cfg):
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
     h = swish(mtf.einsum([x, w], reduced_dims=[d.hidden]) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
-    return mtf.einsum([to_float(h), to_float(wte)], reduced_dims=[d.hidden]) + to_float(wob)
+    return tied_logits(to_float(h), to_float(wte), cfg, train) + to_float(wob)
+
+
+def tied_logits(h, wte, cfg, train):
+    """h [..., hidden] times wte [vocab, hidden] transposed. At inference this is
+    one tf.matmul with transpose_b: the einsum lowering of TensorFlow's CPU
+    kernels streams the [vocab, hidden] table noticeably slower (measured in the
+    decoding benchmark), and it is the largest matrix a decoding step reads."""
+    d = cfg.dims
+    if train:
+        return mtf.einsum([h, wte], reduced_dims=[d.hidden])
+    outer = (h.shape - d.hidden).dims
+    h = mtf.transpose(h, outer + [d.hidden])
+
+    def logits(h, w):
+        shape = h.shape.as_list()
+        flat = tf.reshape(h, [-1, shape[-1]])
+        return tf.reshape(tf.matmul(flat, w, transpose_b=True), shape[:-1] + [w.shape[0]])
+
+    # The layout never splits vocab or hidden, so each slice holds the whole table.
+    return mtf.slicewise(logits, [h, wte], output_shape=mtf.Shape(outer + [d.vocab]),
+                         output_dtype=h.dtype, splittable_dims=outer)
 
 
 def gather_position(x, index, length):
@@ -378,13 +410,15 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
     d = cfg.dims
     mesh = tokens.mesh
     batch, length = tokens.shape.dims
-    past_list = split_pasts(pasts)
-    if spout is not None:
-        spout_list = split_pasts(spout_pasts(spout, cfg))
-        past_list = spout_list if past_list is None else [
-            tuple(mtf.concat([s, p], "memory") for s, p in zip(sp, pp))
-            for sp, pp in zip(spout_list, past_list)]
-    num_past = 0 if past_list is None else past_list[0][0].shape.get_dim_by_name("memory").size
+    # Per layer, a list of cached (key, value) segments: the spout's slot, then the pasts.
+    past_list = None
+    for segment in (split_pasts(spout_pasts(spout, cfg)) if spout is not None else None,
+                    split_pasts(pasts)):
+        if segment is not None:
+            past_list = [[kv] for kv in segment] if past_list is None else [
+                layer + [kv] for layer, kv in zip(past_list, segment)]
+    num_past = 0 if past_list is None else sum(
+        k.shape.get_dim_by_name("memory").size for k, _ in past_list[0])
     if positions is None:
         start = num_past if past_length is None else past_length
         positions = mtf.minimum(mtf.range(mesh, length, tf.int32) + start, d.context.size - 1)
@@ -416,7 +450,7 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
             x = layer_norm(f, "ln%d" % i, cfg) + x
             presents.append(present)
             layer_outputs.append(x)
-        logits = output_logits(x, wte, cfg)
+        logits = output_logits(x, wte, cfg, train)
 
     out = {"logits": logits, "presents": stack_presents(presents, cfg),
            "aux_loss": mtf.add_n(aux_losses) if aux_losses else None}
