@@ -220,17 +220,24 @@ def switch_ffn(x, cfg, train, name):
 
 
 def chosen_experts_only(x, cfg):
-    """The switch layer for one new token per row (a decoding step), reading
-    only the chosen expert's weights: mesh-tensorflow's layer multiplies every
-    expert's weights (with a one-hot dispatch), so at batch 1 a step would read
-    all E experts to use one. Same variables, routing and arithmetic as that
+    """The switch layer at inference, computing each token with its routed
+    expert only: mesh-tensorflow's layer multiplies every expert's weights (with
+    a one-hot dispatch), and without token dropping each expert takes the whole
+    group, so it does E times the work; at batch 1 a decoding step would also
+    read all E experts to use one. Same variables, routing and arithmetic as that
     layer at inference (float32 router softmax, top-1, gate times ReLU expert).
-    Returns None where it does not apply: more rows than experts, or experts
-    split over the mesh."""
+    One new token per row (a decoding step, fewer rows than experts) reads just
+    the rows' experts; longer inputs go expert by expert over the tokens routed
+    to it, which is exact only when no token is dropped.
+    Returns None where it does not apply: token dropping over several tokens,
+    or experts split over the mesh."""
     d, mesh = cfg.dims, x.mesh
     batch, length = x.shape.dims[:2]
     model_dims = [m.size for m in cfg.mesh_shape.dims if m.name == "model"]
-    if length.size != 1 or batch.size >= d.num_experts or (model_dims and model_dims[0] > 1):
+    if model_dims and model_dims[0] > 1:
+        return None
+    one_step = length.size == 1 and batch.size < d.num_experts
+    if not one_step and not (cfg.no_token_drop or length.size == 1):
         return None
     experts = mtf.Dimension("experts", d.num_experts)
     unsplit = mtf.Dimension("expert_unsplit", d.num_experts)
@@ -241,26 +248,44 @@ def chosen_experts_only(x, cfg):
     gate_logits = mtf.einsum([mtf.to_float(x), mtf.cast(router, tf.float32)],
                              reduced_dims=[d.hidden])
     gate, index = mtf.top_1(mtf.softmax(gate_logits, reduced_dim=unsplit), reduced_dim=unsplit)
-    index = mtf.reshape(index, [batch])
-    out = mtf.slicewise(own_expert_ffn, [x, wi, wo, index], output_shape=x.shape,
-                        output_dtype=x.dtype, splittable_dims=[batch] + wi.shape.dims)
+    x = mtf.transpose(x, [batch, length, d.hidden])
+    index = mtf.transpose(index, [batch, length])
+    out = mtf.slicewise(own_expert_ffn if one_step else routed_expert_ffn, [x, wi, wo, index],
+                        output_shape=x.shape, output_dtype=x.dtype,
+                        splittable_dims=[batch] + wi.shape.dims)
     return out * mtf.cast(gate, out.dtype)
 
 
+def expert_weights(wi, wo, e):
+    """Expert e's two matrices. tf.slice along the leading (experts) dimension
+    hands out a view of the variable's buffer; tf.gather would first copy both
+    (2 x 8 H^2 values), tripling what a batch-1 step moves through memory."""
+    return [tf.squeeze(tf.slice(w, tf.stack([e, 0, 0]), [1, -1, -1]), 0) for w in (wi, wo)]
+
+
 def own_expert_ffn(x, wi, wo, index):
-    """relu(x[b] wi[index[b]]) wo[index[b]] for every row b of a [rows, 1, hidden]
-    slice. The expert is cut out with tf.slice along the leading (experts)
-    dimension, which TensorFlow hands out as a view of the variable's buffer;
-    tf.gather would first copy both expert matrices (2 x 8 H^2 values) every
-    step, tripling what a batch-1 step moves through memory."""
+    """relu(x[b] wi[index[b]]) wo[index[b]] for every row b of a [rows, 1, hidden] slice."""
     outputs = []
     for row in range(x.shape[0]):
-        e = index[row]
-        w1 = tf.squeeze(tf.slice(wi, tf.stack([e, 0, 0]), [1, -1, -1]), 0)
-        w2 = tf.squeeze(tf.slice(wo, tf.stack([e, 0, 0]), [1, -1, -1]), 0)
-        hidden = tf.nn.relu(tf.matmul(x[row], w1))
-        outputs.append(tf.matmul(hidden, w2))
+        w1, w2 = expert_weights(wi, wo, index[row, 0])
+        outputs.append(tf.matmul(tf.nn.relu(tf.matmul(x[row], w1)), w2))
     return tf.stack(outputs)
+
+
+def routed_expert_ffn(x, wi, wo, index):
+    """The same for a [rows, length, hidden] slice, one expert at a time over the
+    tokens routed to it; every token has exactly one expert, so the stitched
+    pieces cover every position once."""
+    rows, length, hidden = x.shape.as_list()
+    flat = tf.reshape(x, [rows * length, hidden])
+    index = tf.reshape(index, [rows * length])
+    positions, pieces = [], []
+    for e in range(wi.shape[0]):
+        chosen = tf.cast(tf.reshape(tf.where(tf.equal(index, e)), [-1]), tf.int32)
+        w1, w2 = expert_weights(wi, wo, e)
+        positions.append(chosen)
+        pieces.append(tf.matmul(tf.nn.relu(tf.matmul(tf.gather(flat, chosen), w1)), w2))
+    return tf.reshape(tf.dynamic_stitch(positions, pieces), [rows, length, hidden])
 
 
 def moe_kernel(mesh, name, dims, cfg):
