@@ -13,6 +13,8 @@ Dimension names (mesh.py's layout refers to them):
 import copy
 import zlib
 
+import numpy as np
+
 from model import mesh as meshlib
 from model.compat import mtf, mtf_moe, tf
 from model.params import num_layers
@@ -120,6 +122,39 @@ def swish(x):
     return x * mtf.sigmoid(x)
 
 
+def ordered(x, dims):
+    """x with its dimensions in this order; no op when they already are (mtf's
+    transpose is an einsum even when it has nothing to move)."""
+    return x if x.shape.dims == list(dims) else mtf.transpose(x, dims)
+
+
+def dense(x, w, output_dims, cfg, train):
+    """einsum([x, w]) contracting the dimensions they share. At inference, when the
+    weight's contracted dimensions lead (as every weight here is stored) and the
+    experts/heads are not split over the mesh, this is one tf.matmul: TensorFlow's
+    CPU einsum costs several times a matmul's fixed overhead, which dominates the
+    small matrix-vector products of a decoding step."""
+    reduced = [dim for dim in w.shape.dims if dim in x.shape.dims]
+    w_out = [dim for dim in w.shape.dims if dim not in reduced]
+    model_dims = [m.size for m in cfg.mesh_shape.dims if m.name == "model"]
+    if train or (model_dims and model_dims[0] > 1) or w.shape.dims[:len(reduced)] != reduced:
+        return mtf.einsum([x, w], output_shape=mtf.Shape(output_dims))
+    outer = [dim for dim in x.shape.dims if dim not in reduced]
+    x = ordered(x, outer + reduced)
+
+    def product(x, w):
+        xs, ws = x.shape.as_list(), w.shape.as_list()
+        n = len(outer)
+        flat_x = tf.reshape(x, [-1, int(np.prod(xs[n:]))])
+        flat_w = tf.reshape(w, [int(np.prod(ws[:len(reduced)])), -1])
+        return tf.reshape(tf.matmul(flat_x, flat_w), xs[:n] + ws[len(reduced):])
+
+    # Only batch can be split more than one way here (the model axis has size 1).
+    out = mtf.slicewise(product, [x, w], output_shape=mtf.Shape(outer + w_out),
+                        output_dtype=x.dtype, splittable_dims=outer + w.shape.dims)
+    return ordered(out, output_dims)
+
+
 def prefix_lm_mask(mesh, batch, length, memory, num_precontext, past_length):
     """1.0 where query i may see key j: j <= i (causal) or j is in the prefix.
 
@@ -133,7 +168,7 @@ def prefix_lm_mask(mesh, batch, length, memory, num_precontext, past_length):
     return mtf.maximum(mtf.broadcast(causal, [batch, length, memory]), prefix)
 
 
-def attention(x, past, mask, cfg, name):
+def attention(x, past, mask, cfg, name, train=False):
     """Multi-head self-attention over (pasts + this call's positions).
 
     past: None or a list of cached (key, value) segments, in memory order.
@@ -145,7 +180,7 @@ def attention(x, past, mask, cfg, name):
     with tf.variable_scope(name):
         w_qkv = variable(x.mesh, "qkv/kernel", [d.hidden, d.qkv, d.header, d.kv], cfg)
         w_o = variable(x.mesh, "o/kernel", [d.header, d.kv, d.hidden], cfg)
-    qkv = mtf.einsum([x, w_qkv], [batch, d.qkv, d.header, length, d.kv])
+    qkv = dense(x, w_qkv, [batch, d.qkv, d.header, length, d.kv], cfg, train)
     q, k, v = mtf.unstack(qkv, d.qkv)
     k = mtf.rename_dimension(k, length.name, memory.name)
     v = mtf.rename_dimension(v, length.name, memory.name)
@@ -168,7 +203,7 @@ def attention(x, past, mask, cfg, name):
         part = mtf.einsum([w, sv], [batch, d.header, length, d.kv])
         a = part if a is None else a + part
         begin += size
-    return mtf.einsum([a, w_o], [batch, length, d.hidden]), present
+    return dense(a, w_o, [batch, length, d.hidden], cfg, train), present
 
 
 def moe_hparams(cfg, group_size):
@@ -215,7 +250,7 @@ def switch_ffn(x, cfg, train, name):
                 activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
                           stddev=SOFTMLP_STDDEV)
-    bypass = mtf.tanh(mtf.einsum([x, w_soft], reduced_dims=[d.hidden]))
+    bypass = mtf.tanh(dense(x, w_soft, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train))
     return moe_out + mtf.rename_dimension(bypass, d.hidden_out.name, d.hidden.name), aux_loss
 
 
@@ -245,11 +280,11 @@ def chosen_experts_only(x, cfg):
     router = moe_kernel(mesh, "switch_gating", [d.hidden, unsplit], cfg)
     wi = moe_kernel(mesh, "wi", [experts, d.hidden, expert_hidden], cfg)
     wo = moe_kernel(mesh, "wo", [experts, expert_hidden, d.hidden], cfg)
-    gate_logits = mtf.einsum([mtf.to_float(x), mtf.cast(router, tf.float32)],
-                             reduced_dims=[d.hidden])
+    gate_logits = dense(mtf.to_float(x), mtf.cast(router, tf.float32),
+                        (x.shape - d.hidden).dims + [unsplit], cfg, False)
     gate, index = mtf.top_1(mtf.softmax(gate_logits, reduced_dim=unsplit), reduced_dim=unsplit)
-    x = mtf.transpose(x, [batch, length, d.hidden])
-    index = mtf.transpose(index, [batch, length])
+    x = ordered(x, [batch, length, d.hidden])
+    index = ordered(index, [batch, length])
     out = mtf.slicewise(own_expert_ffn if one_step else routed_expert_ffn, [x, wi, wo, index],
                         output_shape=x.shape, output_dtype=x.dtype,
                         splittable_dims=[batch] + wi.shape.dims)
@@ -298,7 +333,7 @@ def moe_kernel(mesh, name, dims, cfg):
                             dtype=cfg.variable_dtype)
 
 
-def ext_ffn(x, cfg, name):
+def ext_ffn(x, cfg, name, train=False):
     """The ordinary MLP of an extension layer: H -> 4H (swish) -> H, with biases."""
     d = cfg.dims
     with tf.variable_scope(name):
@@ -306,8 +341,8 @@ def ext_ffn(x, cfg, name):
         b1 = variable(x.mesh, "p1/bias", [d.ext_hidden], cfg, init=tf.zeros_initializer())
         w2 = variable(x.mesh, "p2/kernel", [d.ext_hidden, d.hidden], cfg)
         b2 = variable(x.mesh, "p2/bias", [d.hidden], cfg, init=tf.zeros_initializer())
-    h = swish(mtf.einsum([x, w1], reduced_dims=[d.hidden]) + b1)
-    return mtf.einsum([h, w2], reduced_dims=[d.ext_hidden]) + b2
+    h = swish(dense(x, w1, (x.shape - d.hidden).dims + [d.ext_hidden], cfg, train) + b1)
+    return dense(h, w2, (h.shape - d.ext_hidden).dims + [d.hidden], cfg, train) + b2
 
 
 def near_identity(size, stddev, seed):
@@ -380,7 +415,7 @@ def output_logits(x, wte, cfg, train=False):
     w = variable(x.mesh, "dense/kernel", [d.hidden, d.hidden_out], cfg)
     b = variable(x.mesh, "dense_1/bias", [d.hidden_out], cfg, init=tf.zeros_initializer())
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
-    h = swish(mtf.einsum([x, w], reduced_dims=[d.hidden]) + b)
+    h = swish(dense(x, w, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
     return tied_logits(to_float(h), to_float(wte), cfg, train) + to_float(wob)
 
@@ -394,7 +429,7 @@ def tied_logits(h, wte, cfg, train):
     if train:
         return mtf.einsum([h, wte], reduced_dims=[d.hidden])
     outer = (h.shape - d.hidden).dims
-    h = mtf.transpose(h, outer + [d.hidden])
+    h = ordered(h, outer + [d.hidden])
 
     def logits(h, w):
         shape = h.shape.as_list()
@@ -465,13 +500,13 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
                                init=tf.zeros_initializer())
                 x += mtf.cast(lookup(ete, positions, d.context, train), cfg.activation_dtype)
             a, present = attention(x, past_list[i] if past_list else None, mask, cfg,
-                                   "att%d" % i)
+                                   "att%d" % i, train)
             x = layer_norm(a, "an%d" % i, cfg) + x
             if i < d.num_switch_layers:
                 f, aux = switch_ffn(x, cfg, train, "moe%d" % i)
                 aux_losses.append(aux)
             else:
-                f = ext_ffn(x, cfg, "mlp%d" % i)
+                f = ext_ffn(x, cfg, "mlp%d" % i, train)
             x = layer_norm(f, "ln%d" % i, cfg) + x
             presents.append(present)
             layer_outputs.append(x)
