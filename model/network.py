@@ -189,8 +189,8 @@ def attention(x, past, mask, cfg, name, train=False):
     # are never concatenated, which would copy the whole key/value cache of the
     # layer at every decoding step.
     segments = list(past or []) + [present]
-    scores = [mtf.einsum([q, sk], [batch, d.header, length, sk.shape.get_dim_by_name("memory")])
-              for sk, _ in segments]
+    scores = [per_head_matmul(q, sk, [batch, d.header, length, sk.shape.get_dim_by_name("memory")],
+                              train, transpose_b=True) for sk, _ in segments]
     scores = scores[0] if len(scores) == 1 else mtf.concat(scores, "memory")
     scores = to_float(scores) * (d.kv.size ** -0.5)
     scores = scores * mask - (1.0 - mask) * MASK_PENALTY
@@ -200,10 +200,26 @@ def attention(x, past, mask, cfg, name, train=False):
     for _, sv in segments:
         size = sv.shape.get_dim_by_name("memory").size
         w = weights if len(segments) == 1 else mtf.slice(weights, begin, size, "memory")
-        part = mtf.einsum([w, sv], [batch, d.header, length, d.kv])
+        part = per_head_matmul(w, sv, [batch, d.header, length, d.kv], train)
         a = part if a is None else a + part
         begin += size
     return dense(a, w_o, [batch, length, d.hidden], cfg, train), present
+
+
+def per_head_matmul(a, b, output_dims, train, transpose_b=False):
+    """[batch, header, i, j] x [batch, header, j, k] (or [.., k, j] with
+    transpose_b) per row and head. At inference one batched tf.matmul per slice,
+    which reads the cached keys in place; TensorFlow's CPU einsum is several
+    times slower at these sizes. Heads may be split over the mesh: they are
+    not contracted."""
+    if train:
+        return mtf.einsum([a, b], output_shape=mtf.Shape(output_dims))
+    batch, header = output_dims[:2]
+    a = ordered(a, [batch, header] + (a.shape - [batch, header]).dims)
+    b = ordered(b, [batch, header] + (b.shape - [batch, header]).dims)
+    return mtf.slicewise(lambda a, b: tf.matmul(a, b, transpose_b=transpose_b), [a, b],
+                         output_shape=mtf.Shape(output_dims), output_dtype=a.dtype,
+                         splittable_dims=[batch, header])
 
 
 def moe_hparams(cfg, group_size):
