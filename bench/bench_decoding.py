@@ -15,6 +15,17 @@ shared, so timings are noisy; the fastest run is the least disturbed one.
 Scale check (GPTSAN_BENCH_SCALE=1, or `python bench/bench_decoding.py --scale`):
 the released 2.8B configuration with random weights generates 8 tokens in a
 fresh process, which reports its peak RSS against the float32 weights' bytes.
+
+Bandwidth check (GPTSAN_BENCH_BANDWIDTH=1, or `python bench/bench_decoding.py
+--bandwidth`): batch-1 decoding of the 2.8B size is bound by memory bandwidth.
+A fresh process measures the matrix-vector streaming rate of numpy (float32
+1024x8192 matrices, 1.3 GB in all, so no cache holds them) and the decoder's
+steady per-token time (the interval between tokens, the prompt pass excluded),
+at batch 1 and 4. The bound is rate / bytes a step must read: the float32
+weights of attention, the routed expert (one per row) only, softmlp, router,
+norms and the output layer with the whole [vocab, hidden] table, plus the
+embedding rows; the key/value cache is not counted. The rate is measured
+before and after the decoder and the faster one is used.
 """
 import json
 import os
@@ -136,6 +147,8 @@ def run(quick=False):
                                  ratio=None, unit="ms/token"))
     if os.environ.get("GPTSAN_BENCH_SCALE") == "1":
         rows += scale_rows()
+    if os.environ.get("GPTSAN_BENCH_BANDWIDTH") == "1":
+        rows += bandwidth_rows()
     return rows
 
 
@@ -183,8 +196,92 @@ def scale_rows():
     return rows
 
 
+def decode_bytes_per_token(model_params, rows=1):
+    """Float32 weight bytes one decoding step of `rows` rows reads, reading only
+    the routed expert of every row (at most all experts)."""
+    p = model_params
+    v, c, h, e = p["num_vocabulary"], p["num_contexts"], p["num_hidden"], p["num_experts"]
+    s, x = p["num_switch_layers"], p["num_ext_layers"]
+    attention_and_norms = 4 * h * h + 4 * h
+    switch = h * e + min(rows, e) * 2 * 8 * h * h + h * h
+    ext = 8 * h * h + 5 * h
+    output = h * h + h + v * h + v
+    embedding_rows = rows * (2 + (1 if x else 0)) * h
+    values = (s + x) * attention_and_norms + s * switch + x * ext + output + embedding_rows
+    return 4 * values
+
+
+def matvec_rate(seconds=3.0):
+    """Bytes/s numpy streams through float32 1024x8192 matrix-vector products,
+    over 40 such matrices (1.3 GB) so that each pass reads memory, not cache."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    mats = [rng.standard_normal((1024, 8192), dtype=np.float32) for _ in range(40)]
+    vec = rng.standard_normal(1024, dtype=np.float32)
+    total = sum(m.nbytes for m in mats)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for m in mats:
+            vec @ m
+        best = min(best, time.perf_counter() - t)
+    return total / best
+
+
+def bandwidth_check(batches=(1, 4), tokens=24):
+    """Run in a fresh process: per-token decode time of the 2.8B size with random
+    weights against the matrix-vector streaming rate measured around it."""
+    import gc
+    from model import decoding
+    from model import params as paramslib
+    params = paramslib.default_params(**RELEASED_2_8B)["model_params"]
+    rates = [matvec_rate()]
+    out = {"batches": {}}
+    for batch in batches:
+        stamps = []
+        dec = decoding.Decoder(params, batch, PROMPT, tokens, decoding.Sampling(top_k=1),
+                               on_emit=lambda step, t, a: stamps.append(time.perf_counter()))
+        dec.init_random()
+        best = float("inf")
+        for _ in range(2):  # the first call also optimises the graph
+            del stamps[:]
+            decoding.generate(dec, prompts(batch), [0] * batch, tokens)
+            best = min(best, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        dec.close()
+        del dec
+        gc.collect()
+        out["batches"][str(batch)] = {"seconds_per_step": best,
+                                      "bytes_per_token": decode_bytes_per_token(params, batch)}
+    rates.append(matvec_rate())
+    out["rate"] = max(rates)
+    return out
+
+
+def bandwidth_rows():
+    cmd = [sys.executable, os.path.abspath(__file__), "--bandwidth-worker"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode:
+        raise RuntimeError("bandwidth check failed:\n" + proc.stderr[-3000:])
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    rate = r["rate"]
+    rows = [dict(what="numpy float32 1024x8192 matrix-vector streaming (1.3 GB)",
+                 ours=rate / 1e9, baseline=None, ratio=None, unit="GB/s")]
+    for batch, b in sorted(r["batches"].items()):
+        tokens_per_s = int(batch) / b["seconds_per_step"]
+        bound = int(batch) * rate / b["bytes_per_token"]
+        what = "2.8B config (random weights), batch %s, steady decode: tokens/s vs the " \
+               "bandwidth bound (%.2f GB of weights per step)" % (batch, b["bytes_per_token"] / 1e9)
+        rows.append(dict(what=what, ours=tokens_per_s, baseline=bound,
+                         ratio=tokens_per_s / bound, unit="tokens/s"))
+    return rows
+
+
 if __name__ == "__main__":
-    if "--scale" in sys.argv:
+    if "--bandwidth-worker" in sys.argv:
+        print(json.dumps(bandwidth_check()))
+    elif "--bandwidth" in sys.argv:
+        common.print_table(bandwidth_rows())
+    elif "--scale" in sys.argv:
         print(json.dumps(scale_check(bfloat16="--bfloat16" in sys.argv)))
     else:
         common.print_table(run(quick="--quick" in sys.argv))

@@ -34,7 +34,8 @@ def markdown_table(rows, machine_text=None):
     lines = ["| what | ours | baseline | ratio | unit | machine |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = "%.1fx" % r["ratio"] if r.get("ratio") else "—"
+        # Two decimals below 10x: ratios against a bound (0.53x) need them.
+        ratio = ("%.2fx" if r["ratio"] < 10 else "%.1fx") % r["ratio"] if r.get("ratio") else "—"
         lines.append("| %s | %s | %s | %s | %s | %s |" % (
             r["what"], fmt(r["ours"]), fmt(r.get("baseline")), ratio, r.get("unit", ""),
             machine_text))

@@ -219,19 +219,20 @@ class Decoder:
         return mtf.transpose(presents, [presents.shape.get_dim_by_name(n) for n in names])
 
     def _write_cache(self, cache, present, slot):
-        """cache[..., b, :, slot[b], :] = present[b, ...]: a one-hot select over
-        memory, done as one tf.where per slice (a single pass over the cache;
-        multiply-and-add would take three)."""
+        """cache[..., b, :, slot[b], :] = present[b, ...], as one scatter per
+        slice: a single copy of the cache (TensorFlow does not update a loop
+        variable in place), where a one-hot tf.where would read it and the
+        broadcast selector again."""
         memory = cache.shape.get_dim_by_name("memory")
         present = mtf.transpose(present, cache.shape - memory)
-        write = mtf.equal(mtf.range(self.mesh, memory, tf.int32), slot,
-                          output_shape=[self.batch, memory])
 
-        def put(cache, present, write):
-            return tf.where_v2(write[None, None, :, None, :, None], present[:, :, :, :, None, :],
-                               cache)
+        def put(cache, present, slot):
+            layers, two, rows, header, _, kv = cache.shape.as_list()
+            where = np.indices((layers, two, rows, header)).reshape(4, -1).T.astype(np.int32)
+            index = tf.concat([where, tf.gather(slot, where[:, 2])[:, None]], 1)
+            return tf.tensor_scatter_nd_update(cache, index, tf.reshape(present, [-1, kv]))
 
-        return mtf.slicewise(put, [cache, present, write], output_shape=cache.shape,
+        return mtf.slicewise(put, [cache, present, slot], output_shape=cache.shape,
                              output_dtype=cache.dtype, splittable_dims=cache.shape.dims)
 
     def _choose(self, logits, step):

@@ -13,6 +13,8 @@ Dimension names (mesh.py's layout refers to them):
 import copy
 import zlib
 
+import numpy as np
+
 from model import mesh as meshlib
 from model.compat import mtf, mtf_moe, tf
 from model.params import num_layers
@@ -120,6 +122,39 @@ def swish(x):
     return x * mtf.sigmoid(x)
 
 
+def ordered(x, dims):
+    """x with its dimensions in this order; no op when they already are (mtf's
+    transpose is an einsum even when it has nothing to move)."""
+    return x if x.shape.dims == list(dims) else mtf.transpose(x, dims)
+
+
+def dense(x, w, output_dims, cfg, train):
+    """einsum([x, w]) contracting the dimensions they share. At inference, when the
+    weight's contracted dimensions lead (as every weight here is stored) and the
+    experts/heads are not split over the mesh, this is one tf.matmul: TensorFlow's
+    CPU einsum costs several times a matmul's fixed overhead, which dominates the
+    small matrix-vector products of a decoding step."""
+    reduced = [dim for dim in w.shape.dims if dim in x.shape.dims]
+    w_out = [dim for dim in w.shape.dims if dim not in reduced]
+    model_dims = [m.size for m in cfg.mesh_shape.dims if m.name == "model"]
+    if train or (model_dims and model_dims[0] > 1) or w.shape.dims[:len(reduced)] != reduced:
+        return mtf.einsum([x, w], output_shape=mtf.Shape(output_dims))
+    outer = [dim for dim in x.shape.dims if dim not in reduced]
+    x = ordered(x, outer + reduced)
+
+    def product(x, w):
+        xs, ws = x.shape.as_list(), w.shape.as_list()
+        n = len(outer)
+        flat_x = tf.reshape(x, [-1, int(np.prod(xs[n:]))])
+        flat_w = tf.reshape(w, [int(np.prod(ws[:len(reduced)])), -1])
+        return tf.reshape(tf.matmul(flat_x, flat_w), xs[:n] + ws[len(reduced):])
+
+    # Only batch can be split more than one way here (the model axis has size 1).
+    out = mtf.slicewise(product, [x, w], output_shape=mtf.Shape(outer + w_out),
+                        output_dtype=x.dtype, splittable_dims=outer + w.shape.dims)
+    return ordered(out, output_dims)
+
+
 def prefix_lm_mask(mesh, batch, length, memory, num_precontext, past_length):
     """1.0 where query i may see key j: j <= i (causal) or j is in the prefix.
 
@@ -133,9 +168,10 @@ def prefix_lm_mask(mesh, batch, length, memory, num_precontext, past_length):
     return mtf.maximum(mtf.broadcast(causal, [batch, length, memory]), prefix)
 
 
-def attention(x, past, mask, cfg, name):
+def attention(x, past, mask, cfg, name, train=False):
     """Multi-head self-attention over (pasts + this call's positions).
 
+    past: None or a list of cached (key, value) segments, in memory order.
     Returns the output and this call's (key, value) as the layer's present.
     """
     d = cfg.dims
@@ -144,20 +180,46 @@ def attention(x, past, mask, cfg, name):
     with tf.variable_scope(name):
         w_qkv = variable(x.mesh, "qkv/kernel", [d.hidden, d.qkv, d.header, d.kv], cfg)
         w_o = variable(x.mesh, "o/kernel", [d.header, d.kv, d.hidden], cfg)
-    qkv = mtf.einsum([x, w_qkv], [batch, d.qkv, d.header, length, d.kv])
+    qkv = dense(x, w_qkv, [batch, d.qkv, d.header, length, d.kv], cfg, train)
     q, k, v = mtf.unstack(qkv, d.qkv)
     k = mtf.rename_dimension(k, length.name, memory.name)
     v = mtf.rename_dimension(v, length.name, memory.name)
     present = (k, v)
-    if past is not None:
-        k = mtf.concat([past[0], k], memory.name)
-        v = mtf.concat([past[1], v], memory.name)
-    scores = mtf.einsum([q, k], [batch, d.header, length, k.shape.dims[2]])
+    # Scores are taken against each segment and joined; the segments themselves
+    # are never concatenated, which would copy the whole key/value cache of the
+    # layer at every decoding step.
+    segments = list(past or []) + [present]
+    scores = [per_head_matmul(q, sk, [batch, d.header, length, sk.shape.get_dim_by_name("memory")],
+                              train, transpose_b=True) for sk, _ in segments]
+    scores = scores[0] if len(scores) == 1 else mtf.concat(scores, "memory")
     scores = to_float(scores) * (d.kv.size ** -0.5)
     scores = scores * mask - (1.0 - mask) * MASK_PENALTY
-    weights = mtf.cast(mtf.softmax(scores, reduced_dim=k.shape.dims[2]), cfg.activation_dtype)
-    a = mtf.einsum([weights, v], [batch, d.header, length, d.kv])
-    return mtf.einsum([a, w_o], [batch, length, d.hidden]), present
+    weights = mtf.cast(mtf.softmax(scores, reduced_dim=scores.shape.dims[-1]),
+                       cfg.activation_dtype)
+    a, begin = None, 0
+    for _, sv in segments:
+        size = sv.shape.get_dim_by_name("memory").size
+        w = weights if len(segments) == 1 else mtf.slice(weights, begin, size, "memory")
+        part = per_head_matmul(w, sv, [batch, d.header, length, d.kv], train)
+        a = part if a is None else a + part
+        begin += size
+    return dense(a, w_o, [batch, length, d.hidden], cfg, train), present
+
+
+def per_head_matmul(a, b, output_dims, train, transpose_b=False):
+    """[batch, header, i, j] x [batch, header, j, k] (or [.., k, j] with
+    transpose_b) per row and head. At inference one batched tf.matmul per slice,
+    which reads the cached keys in place; TensorFlow's CPU einsum is several
+    times slower at these sizes. Heads may be split over the mesh: they are
+    not contracted."""
+    if train:
+        return mtf.einsum([a, b], output_shape=mtf.Shape(output_dims))
+    batch, header = output_dims[:2]
+    a = ordered(a, [batch, header] + (a.shape - [batch, header]).dims)
+    b = ordered(b, [batch, header] + (b.shape - [batch, header]).dims)
+    return mtf.slicewise(lambda a, b: tf.matmul(a, b, transpose_b=transpose_b), [a, b],
+                         output_shape=mtf.Shape(output_dims), output_dtype=a.dtype,
+                         splittable_dims=[batch, header])
 
 
 def moe_hparams(cfg, group_size):
@@ -204,22 +266,29 @@ def switch_ffn(x, cfg, train, name):
                 activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
                           stddev=SOFTMLP_STDDEV)
-    bypass = mtf.tanh(mtf.einsum([x, w_soft], reduced_dims=[d.hidden]))
+    bypass = mtf.tanh(dense(x, w_soft, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train))
     return moe_out + mtf.rename_dimension(bypass, d.hidden_out.name, d.hidden.name), aux_loss
 
 
 def chosen_experts_only(x, cfg):
-    """The switch layer for one new token per row (a decoding step), reading
-    only the chosen expert's weights: mesh-tensorflow's layer multiplies every
-    expert's weights (with a one-hot dispatch), so at batch 1 a step would read
-    all E experts to use one. Same variables, routing and arithmetic as that
+    """The switch layer at inference, computing each token with its routed
+    expert only: mesh-tensorflow's layer multiplies every expert's weights (with
+    a one-hot dispatch), and without token dropping each expert takes the whole
+    group, so it does E times the work; at batch 1 a decoding step would also
+    read all E experts to use one. Same variables, routing and arithmetic as that
     layer at inference (float32 router softmax, top-1, gate times ReLU expert).
-    Returns None where it does not apply: more rows than experts, or experts
-    split over the mesh."""
+    One new token per row (a decoding step, fewer rows than experts) reads just
+    the rows' experts; longer inputs go expert by expert over the tokens routed
+    to it, which is exact only when no token is dropped.
+    Returns None where it does not apply: token dropping over several tokens,
+    or experts split over the mesh."""
     d, mesh = cfg.dims, x.mesh
     batch, length = x.shape.dims[:2]
     model_dims = [m.size for m in cfg.mesh_shape.dims if m.name == "model"]
-    if length.size != 1 or batch.size >= d.num_experts or (model_dims and model_dims[0] > 1):
+    if model_dims and model_dims[0] > 1:
+        return None
+    one_step = length.size == 1 and batch.size < d.num_experts
+    if not one_step and not (cfg.no_token_drop or length.size == 1):
         return None
     experts = mtf.Dimension("experts", d.num_experts)
     unsplit = mtf.Dimension("expert_unsplit", d.num_experts)
@@ -227,20 +296,47 @@ def chosen_experts_only(x, cfg):
     router = moe_kernel(mesh, "switch_gating", [d.hidden, unsplit], cfg)
     wi = moe_kernel(mesh, "wi", [experts, d.hidden, expert_hidden], cfg)
     wo = moe_kernel(mesh, "wo", [experts, expert_hidden, d.hidden], cfg)
-    gate_logits = mtf.einsum([mtf.to_float(x), mtf.cast(router, tf.float32)],
-                             reduced_dims=[d.hidden])
+    gate_logits = dense(mtf.to_float(x), mtf.cast(router, tf.float32),
+                        (x.shape - d.hidden).dims + [unsplit], cfg, False)
     gate, index = mtf.top_1(mtf.softmax(gate_logits, reduced_dim=unsplit), reduced_dim=unsplit)
-    index = mtf.reshape(index, [batch])
-
-    def own_expert(w):
-        # The layout may name a mesh axis for experts; it has size 1 here.
-        return mtf.slicewise(lambda w, i: tf.gather(w, i, axis=0), [w, index],
-                             output_shape=mtf.Shape([batch] + (w.shape - experts).dims),
-                             output_dtype=w.dtype, splittable_dims=[batch] + w.shape.dims)
-
-    hidden = mtf.relu(mtf.einsum([x, own_expert(wi)], reduced_dims=[d.hidden]))
-    out = mtf.einsum([hidden, own_expert(wo)], reduced_dims=[expert_hidden])
+    x = ordered(x, [batch, length, d.hidden])
+    index = ordered(index, [batch, length])
+    out = mtf.slicewise(own_expert_ffn if one_step else routed_expert_ffn, [x, wi, wo, index],
+                        output_shape=x.shape, output_dtype=x.dtype,
+                        splittable_dims=[batch] + wi.shape.dims)
     return out * mtf.cast(gate, out.dtype)
+
+
+def expert_weights(wi, wo, e):
+    """Expert e's two matrices. tf.slice along the leading (experts) dimension
+    hands out a view of the variable's buffer; tf.gather would first copy both
+    (2 x 8 H^2 values), tripling what a batch-1 step moves through memory."""
+    return [tf.squeeze(tf.slice(w, tf.stack([e, 0, 0]), [1, -1, -1]), 0) for w in (wi, wo)]
+
+
+def own_expert_ffn(x, wi, wo, index):
+    """relu(x[b] wi[index[b]]) wo[index[b]] for every row b of a [rows, 1, hidden] slice."""
+    outputs = []
+    for row in range(x.shape[0]):
+        w1, w2 = expert_weights(wi, wo, index[row, 0])
+        outputs.append(tf.matmul(tf.nn.relu(tf.matmul(x[row], w1)), w2))
+    return tf.stack(outputs)
+
+
+def routed_expert_ffn(x, wi, wo, index):
+    """The same for a [rows, length, hidden] slice, one expert at a time over the
+    tokens routed to it; every token has exactly one expert, so the stitched
+    pieces cover every position once."""
+    rows, length, hidden = x.shape.as_list()
+    flat = tf.reshape(x, [rows * length, hidden])
+    index = tf.reshape(index, [rows * length])
+    positions, pieces = [], []
+    for e in range(wi.shape[0]):
+        chosen = tf.cast(tf.reshape(tf.where(tf.equal(index, e)), [-1]), tf.int32)
+        w1, w2 = expert_weights(wi, wo, e)
+        positions.append(chosen)
+        pieces.append(tf.matmul(tf.nn.relu(tf.matmul(tf.gather(flat, chosen), w1)), w2))
+    return tf.reshape(tf.dynamic_stitch(positions, pieces), [rows, length, hidden])
 
 
 def moe_kernel(mesh, name, dims, cfg):
@@ -253,7 +349,7 @@ def moe_kernel(mesh, name, dims, cfg):
                             dtype=cfg.variable_dtype)
 
 
-def ext_ffn(x, cfg, name):
+def ext_ffn(x, cfg, name, train=False):
     """The ordinary MLP of an extension layer: H -> 4H (swish) -> H, with biases."""
     d = cfg.dims
     with tf.variable_scope(name):
@@ -261,8 +357,8 @@ def ext_ffn(x, cfg, name):
         b1 = variable(x.mesh, "p1/bias", [d.ext_hidden], cfg, init=tf.zeros_initializer())
         w2 = variable(x.mesh, "p2/kernel", [d.ext_hidden, d.hidden], cfg)
         b2 = variable(x.mesh, "p2/bias", [d.hidden], cfg, init=tf.zeros_initializer())
-    h = swish(mtf.einsum([x, w1], reduced_dims=[d.hidden]) + b1)
-    return mtf.einsum([h, w2], reduced_dims=[d.ext_hidden]) + b2
+    h = swish(dense(x, w1, (x.shape - d.hidden).dims + [d.ext_hidden], cfg, train) + b1)
+    return dense(h, w2, (h.shape - d.ext_hidden).dims + [d.hidden], cfg, train) + b2
 
 
 def near_identity(size, stddev, seed):
@@ -328,16 +424,37 @@ def embed(tokens, positions, cfg, train):
     return x, wte
 
 
-def output_logits(x, wte, cfg):
+def output_logits(x, wte, cfg, train=False):
     """swish(x W + b) against the tied embedding, plus a vocabulary bias.
     The names dense/kernel and dense_1/bias are the released checkpoint's."""
     d = cfg.dims
     w = variable(x.mesh, "dense/kernel", [d.hidden, d.hidden_out], cfg)
     b = variable(x.mesh, "dense_1/bias", [d.hidden_out], cfg, init=tf.zeros_initializer())
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
-    h = swish(mtf.einsum([x, w], reduced_dims=[d.hidden]) + b)
+    h = swish(dense(x, w, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
-    return mtf.einsum([to_float(h), to_float(wte)], reduced_dims=[d.hidden]) + to_float(wob)
+    return tied_logits(to_float(h), to_float(wte), cfg, train) + to_float(wob)
+
+
+def tied_logits(h, wte, cfg, train):
+    """h [..., hidden] times wte [vocab, hidden] transposed. At inference this is
+    one tf.matmul with transpose_b: the einsum lowering of TensorFlow's CPU
+    kernels streams the [vocab, hidden] table noticeably slower (measured in the
+    decoding benchmark), and it is the largest matrix a decoding step reads."""
+    d = cfg.dims
+    if train:
+        return mtf.einsum([h, wte], reduced_dims=[d.hidden])
+    outer = (h.shape - d.hidden).dims
+    h = ordered(h, outer + [d.hidden])
+
+    def logits(h, w):
+        shape = h.shape.as_list()
+        flat = tf.reshape(h, [-1, shape[-1]])
+        return tf.reshape(tf.matmul(flat, w, transpose_b=True), shape[:-1] + [w.shape[0]])
+
+    # The layout never splits vocab or hidden, so each slice holds the whole table.
+    return mtf.slicewise(logits, [h, wte], output_shape=mtf.Shape(outer + [d.vocab]),
+                         output_dtype=h.dtype, splittable_dims=outer)
 
 
 def gather_position(x, index, length):
@@ -369,13 +486,15 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
     d = cfg.dims
     mesh = tokens.mesh
     batch, length = tokens.shape.dims
-    past_list = split_pasts(pasts)
-    if spout is not None:
-        spout_list = split_pasts(spout_pasts(spout, cfg))
-        past_list = spout_list if past_list is None else [
-            tuple(mtf.concat([s, p], "memory") for s, p in zip(sp, pp))
-            for sp, pp in zip(spout_list, past_list)]
-    num_past = 0 if past_list is None else past_list[0][0].shape.get_dim_by_name("memory").size
+    # Per layer, a list of cached (key, value) segments: the spout's slot, then the pasts.
+    past_list = None
+    for segment in (split_pasts(spout_pasts(spout, cfg)) if spout is not None else None,
+                    split_pasts(pasts)):
+        if segment is not None:
+            past_list = [[kv] for kv in segment] if past_list is None else [
+                layer + [kv] for layer, kv in zip(past_list, segment)]
+    num_past = 0 if past_list is None else sum(
+        k.shape.get_dim_by_name("memory").size for k, _ in past_list[0])
     if positions is None:
         start = num_past if past_length is None else past_length
         positions = mtf.minimum(mtf.range(mesh, length, tf.int32) + start, d.context.size - 1)
@@ -397,17 +516,17 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
                                init=tf.zeros_initializer())
                 x += mtf.cast(lookup(ete, positions, d.context, train), cfg.activation_dtype)
             a, present = attention(x, past_list[i] if past_list else None, mask, cfg,
-                                   "att%d" % i)
+                                   "att%d" % i, train)
             x = layer_norm(a, "an%d" % i, cfg) + x
             if i < d.num_switch_layers:
                 f, aux = switch_ffn(x, cfg, train, "moe%d" % i)
                 aux_losses.append(aux)
             else:
-                f = ext_ffn(x, cfg, "mlp%d" % i)
+                f = ext_ffn(x, cfg, "mlp%d" % i, train)
             x = layer_norm(f, "ln%d" % i, cfg) + x
             presents.append(present)
             layer_outputs.append(x)
-        logits = output_logits(x, wte, cfg)
+        logits = output_logits(x, wte, cfg, train)
 
     out = {"logits": logits, "presents": stack_presents(presents, cfg),
            "aux_loss": mtf.add_n(aux_losses) if aux_losses else None}
