@@ -295,6 +295,21 @@ def print_loss_table(table, base_losses, title):
     return margins
 
 
+def per_character(loss, pattern, text_files, num_context):
+    """(nats per character, tokens per character) of a held-out loss: `loss` (the mean
+    over every target position of the records) summed over those positions and divided
+    by the characters of the text they were made from. Unlike nats per token, this
+    compares across vocabularies (a coarser one has fewer, harder tokens)."""
+    from model import evaluate
+    _, targets, _ = evaluate.read_records(pattern, num_context, None)
+    count = int((targets >= 0).sum())
+    characters = 0
+    for path in text_files:
+        with open(path, encoding="utf-8") as f:
+            characters += len(f.read())
+    return loss * count / characters, count / characters
+
+
 def generate_samples(model, spout, work, vocab_flags):
     """SAMPLES_PER_SPOUT texts from an empty context with --spout; returns their texts."""
     contexts = os.path.join(work, "demo-empty-contexts.txt")
@@ -440,8 +455,12 @@ def main(args):
              ("final training loss (mean of last 10 steps)", "%.3f" % train_summary["mean_loss_last_10"]
               if train_summary.get("mean_loss_last_10") is not None else "n/a")]
     if have(os.path.join(heldout_records, "*.tfrecord")):
-        loss = evaluate.heldout_loss(base, os.path.join(heldout_records, "*.tfrecord"))
-        lines.append(("held-out loss (Debian policy text)", "%.3f" % loss))
+        pattern = os.path.join(heldout_records, "*.tfrecord")
+        loss = evaluate.heldout_loss(base, pattern, max_examples=None)
+        per_char, tokens_per_char = per_character(loss, pattern, heldout_files, C)
+        lines.append(("held-out loss (Debian policy text)",
+                      "%.3f nats/token = %.3f nats/character (%.3f tokens per character)"
+                      % (loss, per_char, tokens_per_char)))
     lines += [("training tokens/s", "%.0f" % train_summary["tokens_per_second"]),
               ("generation tokens/s (incl. start-up)", "%.1f" % (gen_tokens / max(gen_seconds, 1e-9))),
               ("fine-tuning steps this run", tune_summary.get("steps_run")),
