@@ -5,7 +5,8 @@ weights; the peer uses its KV cache through a hand-written greedy loop (its port
 no working generate() since transformers 4.50). Training is forward + backward + Adam
 on random tokens. Graph building / the first calls are excluded on both sides, and
 each side is timed twice, alternating; the fastest run counts. The machine is shared,
-so timings are contended and noisy.
+so timings are contended and noisy. Training alternates
+TRAIN_RUNS blocks of TRAIN_STEPS steps on each side.
 
 The released 2.8B size takes very long on a CPU: it runs only with --big.
 Rows go into bench/results.md under "## PyTorch peer" (that section is replaced).
@@ -29,7 +30,7 @@ DECODE = {
                   num_experts=16), 32, 32),
 }
 TRAIN = dict(num_contexts=128, num_switch_layers=2, num_hidden=128, num_header=8, num_experts=4)
-TRAIN_BATCH, TRAIN_STEPS, RUNS = 8, 10, 2
+TRAIN_BATCH, TRAIN_STEPS, RUNS, TRAIN_RUNS = 8, 10, 2, 4
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
 SECTION = "## PyTorch peer"
 
@@ -66,29 +67,35 @@ class OursDecode:
         return self.new / (time.perf_counter() - t)
 
 
-def ours_train(mp):
-    from bench_training import write_records
-    from model import params as params_lib, runtime, train
-    from model import devices as devicelib
-    params = params_lib.default_params(**{k: v for k, v in mp.items()})
-    params["train_params"]["batch_size"] = TRAIN_BATCH
-    length = mp["num_contexts"]
-    with tempfile.TemporaryDirectory() as d:
-        write_records(os.path.join(d, "r.tfrecord"), 64, length, 36000)
+class OursTrain:
+    """Our training loop on random-token records; each call times TRAIN_STEPS steps."""
+
+    def __init__(self, mp):
+        from bench_training import write_records
+        from model import devices as devicelib
+        from model import params as params_lib, train
+        params = params_lib.default_params(**{k: v for k, v in mp.items()})
+        params["train_params"]["batch_size"] = TRAIN_BATCH
+        self.length = mp["num_contexts"]
+        self.folder = tempfile.TemporaryDirectory()
+        d = self.folder.name
+        write_records(os.path.join(d, "r.tfrecord"), 64, self.length, 36000)
         opts = train.TrainOptions(params=params, input_files=os.path.join(d, "*.tfrecord"),
                                   output_dir=os.path.join(d, "out"), max_training_step=3,
                                   devices=devicelib.local(mesh_shape="1x1"),
                                   progress=False, log_every=0)
-        trainer = train.Trainer(opts).start()
-        trainer.run()
-        rates = []
-        for k in range(RUNS):
-            trainer.opts.max_training_step = 3 + (k + 1) * TRAIN_STEPS
-            t = time.time()
-            trainer.run()
-            rates.append(TRAIN_STEPS * TRAIN_BATCH * length / (time.time() - t))
-        trainer.close()
-    return max(rates)
+        self.trainer = train.Trainer(opts).start()
+        self.trainer.run()  # graph optimisation and warm-up
+
+    def __call__(self):
+        self.trainer.opts.max_training_step = self.trainer.step() + TRAIN_STEPS
+        t = time.time()
+        self.trainer.run()
+        return TRAIN_STEPS * TRAIN_BATCH * self.length / (time.time() - t)
+
+    def close(self):
+        self.trainer.close()
+        self.folder.cleanup()
 
 
 # ---- the peer ------------------------------------------------------------------
@@ -135,29 +142,33 @@ class PeerDecode:
         return self.new / (time.perf_counter() - t)
 
 
-def peer_train(mp):
-    import torch
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model = peer_model(mp).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    length = mp["num_contexts"]
+class PeerTrain:
+    """The peer's forward + backward + Adam on random tokens; each call times
+    TRAIN_STEPS steps."""
 
-    def step():
-        ids = torch.randint(0, 36000, (TRAIN_BATCH, length), generator=g)
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
+    def __init__(self, mp):
+        import torch
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        self.model = peer_model(mp).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.generator = torch.Generator().manual_seed(0)
+        self.length = mp["num_contexts"]
+        for _ in range(3):
+            self.step()
+
+    def step(self):
+        import torch
+        ids = torch.randint(0, 36000, (TRAIN_BATCH, self.length), generator=self.generator)
+        loss = self.model(input_ids=ids, labels=ids).loss
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-    for _ in range(3):
-        step()
-    rates = []
-    for _ in range(RUNS):
+        self.opt.step()
+
+    def __call__(self):
         t = time.time()
         for _ in range(TRAIN_STEPS):
-            step()
-        rates.append(TRAIN_STEPS * TRAIN_BATCH * length / (time.time() - t))
-    return max(rates)
+            self.step()
+        return TRAIN_STEPS * TRAIN_BATCH * self.length / (time.time() - t)
 
 
 # ---- the table ------------------------------------------------------------------
@@ -175,7 +186,13 @@ def run(sizes):
                          ours=max(a), baseline=max(b), ratio=max(a) / max(b), unit="tokens/s"))
         print(rows[-1], flush=True)
     mp = model_params(TRAIN)
-    a, b = ours_train(mp), peer_train(mp)
+    ours, peer = OursTrain(mp), PeerTrain(mp)
+    a, b = [], []
+    for _ in range(TRAIN_RUNS):  # alternate, as for decoding
+        a.append(ours())
+        b.append(peer())
+    ours.close()
+    a, b = max(a), max(b)
     rows.append(dict(what="train, %s, batch %d (fwd+bwd+Adam)" % (describe(TRAIN), TRAIN_BATCH),
                      ours=a, baseline=b, ratio=a / b, unit="tokens/s"))
     print(rows[-1], flush=True)

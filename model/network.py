@@ -405,22 +405,72 @@ def stack_presents(presents, cfg):
                      d.layers.name, axis=1)
 
 
-def lookup(table, indices, dim, train):
-    """table[indices]. mtf.gather multiplies by a one-hot over the whole vocabulary;
-    at inference a plain row gather is far cheaper (the layout never splits the
-    vocabulary, context or hidden dimensions, so each slice holds whole rows)."""
+def lookup(table, indices, dim, train, cfg=None):
+    """table[indices] as a row gather. (mtf.gather would multiply by a one-hot over
+    the whole vocabulary: a [positions, vocabulary, hidden] product forward and
+    another backward; the layout never splits the vocabulary, context or hidden
+    dimensions, so each slice holds whole rows.) In training the gradient adds
+    each position's gradient to its row (see rows_gradient)."""
+    grad = None
     if train:
-        return mtf.gather(table, indices, dim)
+        parts = batch_parts(indices, cfg)
+        if parts is None:
+            return mtf.gather(table, indices, dim)
+        def grad(op, dy):
+            return [rows_gradient(dy, indices, table, parts), None]
     return mtf.slicewise(lambda w, i: tf.gather(w, i), [table, indices],
                          output_shape=indices.shape + table.shape.dims[1:],
-                         output_dtype=table.dtype, splittable_dims=indices.shape.dims)
+                         output_dtype=table.dtype, splittable_dims=indices.shape.dims,
+                         grad_function=grad)
+
+
+def batch_parts(indices, cfg):
+    """Dimension("batch", n) for the n mesh slices that split `indices`' batch
+    dimension (n = 1 on an unsplit batch); None when the layout splits any other
+    dimension of `indices`, where a slice's rows cannot be summed on their own."""
+    if cfg is None or cfg.mesh_shape is None or not cfg.mesh_shape.dims:
+        return mtf.Dimension("batch", 1)
+    rules = mtf.convert_to_layout_rules(cfg.layout or "")
+    mesh_shape = mtf.convert_to_shape(cfg.mesh_shape)
+    n = 1
+    for d in indices.shape.dims:
+        axis = rules.tensor_dimension_to_mesh_axis(d, mesh_shape)
+        if axis is None:
+            continue
+        if d.name != "batch":
+            return None
+        n = mesh_shape.dims[axis].size
+    return mtf.Dimension("batch", n)
+
+
+def rows_gradient(dy, indices, table, parts):
+    """The gradient of table[indices] for the table: dy summed into the rows its
+    positions read. Each batch slice of the mesh sums its own positions into a
+    [1, rows, ...] part; the reduce_sum over `parts` then adds the slices (an
+    all-reduce where the batch is split)."""
+    rows = table.shape.dims[0].size
+
+    def part(g, i):  # summed in float32 whatever the activation dtype
+        total = tf.math.unsorted_segment_sum(tf.cast(g, tf.float32), i, rows)
+        return tf.cast(total, g.dtype)[None]
+
+    partial = mtf.slicewise(part, [dy, indices], output_shape=mtf.Shape([parts] + table.shape.dims),
+                            output_dtype=dy.dtype, splittable_dims=[parts] + indices.shape.dims)
+    return sum_parts(partial, parts, table.shape)
+
+
+def sum_parts(partial, parts, shape):
+    """The sum over the mesh slices' parts (an all-reduce where they are split)."""
+    if parts.size == 1:
+        return mtf.reshape(partial, shape)
+    return mtf.reduce_sum(partial, reduced_dim=parts)
 
 
 def embed(tokens, positions, cfg, train):
     d = cfg.dims
     wte = variable(tokens.mesh, "wte", [d.vocab, d.hidden], cfg)
     wpe = variable(tokens.mesh, "wpe", [d.context, d.hidden], cfg, stddev=0.01)
-    x = lookup(wte, tokens, d.vocab, train) + lookup(wpe, positions, d.context, train)
+    x = lookup(wte, tokens, d.vocab, train, cfg) + lookup(wpe, positions, d.context, train, cfg)
     return x, wte
 
 
@@ -433,17 +483,17 @@ def output_logits(x, wte, cfg, train=False):
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
     h = swish(dense(x, w, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
-    return tied_logits(to_float(h), to_float(wte), cfg, train) + to_float(wob)
+    if train:
+        return matmul_rows(to_float(h), to_float(wte), d.hidden, d.vocab, cfg) + to_float(wob)
+    return tied_logits(to_float(h), to_float(wte), cfg) + to_float(wob)
 
 
-def tied_logits(h, wte, cfg, train):
-    """h [..., hidden] times wte [vocab, hidden] transposed. At inference this is
-    one tf.matmul with transpose_b: the einsum lowering of TensorFlow's CPU
-    kernels streams the [vocab, hidden] table noticeably slower (measured in the
+def tied_logits(h, wte, cfg):
+    """h [..., hidden] times wte [vocab, hidden] transposed, at inference: one
+    tf.matmul with transpose_b. The einsum lowering of TensorFlow's CPU kernels
+    streams the [vocab, hidden] table noticeably slower (measured in the
     decoding benchmark), and it is the largest matrix a decoding step reads."""
     d = cfg.dims
-    if train:
-        return mtf.einsum([h, wte], reduced_dims=[d.hidden])
     outer = (h.shape - d.hidden).dims
     h = ordered(h, outer + [d.hidden])
 
@@ -455,6 +505,41 @@ def tied_logits(h, wte, cfg, train):
     # The layout never splits vocab or hidden, so each slice holds the whole table.
     return mtf.slicewise(logits, [h, wte], output_shape=mtf.Shape(outer + [d.vocab]),
                          output_dtype=h.dtype, splittable_dims=outer)
+
+
+def matmul_rows(x, table, hidden, rows, cfg):
+    """einsum(x, table) over `hidden` as 2-D matrix products per slice, forward and
+    backward: mtf's einsum gradients for these shapes (a contraction over batch and
+    length together into a [vocabulary, hidden] table) run markedly slower on the
+    CPU than the transposed matrix products written out here."""
+    parts = batch_parts(x, cfg)
+    if parts is None:
+        return mtf.einsum([x, table], reduced_dims=[hidden])
+    outer = x.shape - hidden
+
+    def flat(t, width):
+        return tf.reshape(t, [-1, width])
+
+    def product(a, w):
+        out = tf.matmul(flat(a, hidden.size), w, transpose_b=True)
+        return tf.reshape(out, tf.concat([tf.shape(a)[:-1], [rows.size]], 0))
+
+    def grad(op, dy):
+        def dx(g, w):
+            out = tf.matmul(flat(g, rows.size), w)
+            return tf.reshape(out, tf.concat([tf.shape(g)[:-1], [hidden.size]], 0))
+
+        def dw_part(g, a):
+            return tf.matmul(flat(g, rows.size), flat(a, hidden.size), transpose_a=True)[None]
+
+        grad_x = mtf.slicewise(dx, [dy, table], output_shape=x.shape, output_dtype=x.dtype,
+                               splittable_dims=outer.dims)
+        partial = mtf.slicewise(dw_part, [dy, x], output_shape=mtf.Shape([parts] + table.shape.dims),
+                                output_dtype=x.dtype, splittable_dims=[parts] + outer.dims)
+        return [grad_x, sum_parts(partial, parts, table.shape)]
+
+    return mtf.slicewise(product, [x, table], output_shape=outer + rows, output_dtype=x.dtype,
+                         splittable_dims=outer.dims, grad_function=grad)
 
 
 def gather_position(x, index, length):
@@ -514,7 +599,8 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
             if i == d.num_switch_layers:
                 ete = variable(mesh, "ete", [d.context, d.hidden], cfg,
                                init=tf.zeros_initializer())
-                x += mtf.cast(lookup(ete, positions, d.context, train), cfg.activation_dtype)
+                x += mtf.cast(lookup(ete, positions, d.context, train, cfg),
+                               cfg.activation_dtype)
             a, present = attention(x, past_list[i] if past_list else None, mask, cfg,
                                    "att%d" % i, train)
             x = layer_norm(a, "an%d" % i, cfg) + x
@@ -542,11 +628,35 @@ def lm_loss(logits, targets, vocab_dim, z_loss=1e-4):
     """Mean cross-entropy over positions with target >= 0, plus z-loss; divided by
     (count + 1e-5) as released (0 for a batch with no target)."""
     valid = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
-    safe_targets = mtf.maximum(targets, 0)
-    log_z = mtf.reduce_logsumexp(logits, vocab_dim)
-    target_logit = mtf.reduce_sum(logits * mtf.one_hot(safe_targets, vocab_dim), reduced_dim=vocab_dim)
-    per_position = (log_z - target_logit) + z_loss * mtf.square(log_z)
+    per_position = mtf.slicewise(
+        lambda l, t: _cross_entropy_with_z_loss(l, tf.maximum(t, 0), z_loss), [logits, targets],
+        output_shape=targets.shape, output_dtype=tf.float32,
+        splittable_dims=targets.shape.dims)
     return mtf.reduce_sum(per_position * valid) / (mtf.reduce_sum(valid) + 1e-5)
+
+
+def _cross_entropy_with_z_loss(logits, targets, z_loss):
+    """log Z - logit[target] + z_loss * (log Z)^2 per position, for one slice whose
+    vocabulary is whole, with its gradient written out: the backward reuses the
+    forward's exponentials, (1 + 2 z log Z) softmax - one_hot, so it costs one
+    full-size pass and no one-hot tensor."""
+    shape = tf.shape(logits)
+    labels = tf.reshape(targets, [-1])
+    rows = tf.stack([tf.range(tf.shape(labels)[0], dtype=labels.dtype), labels], axis=1)
+
+    @tf.custom_gradient
+    def loss(flat):
+        peak = tf.reduce_max(flat, axis=1)
+        exps = tf.exp(flat - peak[:, None])
+        total = tf.reduce_sum(exps, axis=1)
+        log_z = peak + tf.math.log(total)
+
+        def grad(up):
+            scale = up * (1.0 + 2.0 * z_loss * log_z) / total
+            return tf.tensor_scatter_nd_sub(scale[:, None] * exps, rows, up)
+        return log_z - tf.gather_nd(flat, rows) + z_loss * tf.square(log_z), grad
+
+    return tf.reshape(loss(tf.reshape(logits, [-1, shape[-1]])), shape[:-1])
 
 
 def count_parameters(model_params):

@@ -341,8 +341,8 @@ class Trainer:
         writer = tf.summary.FileWriter(o.output_dir, self.graph) if o.log_every else None
         step = self.step()
         start_step, last_save, losses = step, time.time(), []
-        bar = _progress(step, o.max_training_step, o.progress)
-        t0 = time.time()
+        bar = Progress(step, o.max_training_step, o.max_seconds, o.progress)
+        t0 = bar.t0
         failure = None
         try:
             while step < o.max_training_step and not stop.requested:
@@ -366,9 +366,8 @@ class Trainer:
                 if want_summary:
                     writer.add_summary(values[4], step)
                 rate = (step - start_step) * self.tokens_per_step / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss="%.3f" % values[1], aux="%.3f" % values[2],
-                                lr="%.2e" % values[3], tok_s="%.0f" % rate, refresh=False)
-                bar.update(1)
+                bar.update(step, loss="%.3f" % values[1], aux="%.3f" % values[2],
+                           lr="%.2e" % values[3], tok_s="%.0f" % rate)
                 due_steps = step % tp["checkpoint_per_steps"] == 0
                 due_time = time.time() - last_save > tp["checkpoint_per_hours"] * 3600
                 if due_steps or due_time:
@@ -478,10 +477,36 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def _progress(initial, total, enabled):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                dynamic_ncols=True, leave=True)
+class Progress:
+    """The training bar. A time-bounded run (max_seconds) ends on the clock long
+    before its step bound, so its bar runs over minutes of training time, moved by
+    the elapsed time, with the step count beside it; otherwise it runs over steps."""
+
+    def __init__(self, initial_step, max_steps, max_seconds=0.0, enabled=True, file=None,
+                 clock=time.time):
+        from tqdm import tqdm
+        self.clock, self.t0 = clock, clock()
+        self.minutes = max_seconds / 60.0 if max_seconds else None
+        if self.minutes:
+            self.bar = tqdm(total=self.minutes, disable=not enabled, file=file, leave=True,
+                            dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min "
+                                       "[{elapsed}<{remaining}{postfix}]")
+        else:
+            self.bar = tqdm(total=max_steps, initial=initial_step, disable=not enabled,
+                            file=file, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(self, step, **postfix):
+        if self.minutes:
+            self.bar.set_postfix(step=step, **postfix, refresh=False)
+            done = min((self.clock() - self.t0) / 60.0, self.minutes)
+            self.bar.update(max(done - self.bar.n, 0.0))
+        else:
+            self.bar.set_postfix(**postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
 
 
 def describe(trainer):

@@ -312,3 +312,14 @@ def test_class_files_select_documents_by_ascii_share_and_hold_some_out(tmp_path,
 def test_write_csv(tmp_path):
     path = demo.write_csv(str(tmp_path / "c.csv"), ["/x/a.txt", "/x/b.txt"])
     assert open(path, encoding="utf-8").read() == "filename,fileid\n/x/a.txt,0\n/x/b.txt,1\n"
+
+
+def test_per_character_sums_the_loss_over_targets_and_divides_by_characters(records, tmp_path):
+    pattern, rows = records["a"]
+    targets = sum(int((y >= 0).sum()) for _, y, _ in rows)
+    assert 0 < targets < NUM_RECORDS * C  # some positions have no target
+    text = tmp_path / "heldout.txt"
+    text.write_text("日本語の文章\nです。\n\n\nabc\n", encoding="utf-8")  # 17 characters
+    per_char, tokens_per_char = demo.per_character(2.5, pattern, [str(text)], C)
+    assert tokens_per_char == pytest.approx(targets / 17)
+    assert per_char == pytest.approx(2.5 * targets / 17)
