@@ -22,8 +22,6 @@ LN_EPSILON = 1e-5
 MASK_PENALTY = 10000.0
 SOFTMLP_STDDEV = 0.01
 INIT_STDDEV = 0.02
-# mesh-tensorflow's default moe_group_size, which the released GPTSAN keeps.
-MOE_GROUP_SIZE = 1024
 
 
 class Dims:
@@ -163,11 +161,12 @@ def attention(x, past, mask, cfg, name):
 
 
 def moe_hparams(cfg, group_size):
-    """Switch (top-1) routing over groups of at most group_size tokens (the
-    layer splits the tokens it is given into equal groups, as mesh-tensorflow
-    does). With token dropping (the released rule) each expert takes at most
-    max(int(group * factor / experts), 4) tokens of a group, earlier positions
-    first. Without it the capacity equals the group, so no token drops."""
+    """Switch (top-1) routing. One group per sequence keeps routing independent
+    of the mesh and of the other rows of a batch. With token dropping (the
+    released rule) each expert takes at most max(int(group * factor / experts), 4)
+    tokens of a group, earlier positions first; sequences over mesh-tensorflow's
+    default group of 1024 tokens are split into equal groups as it does.
+    Without it the capacity equals the group, so no token drops."""
     e = cfg.dims.num_experts
     if cfg.no_token_drop:
         factor_train = factor_eval = float(e)
@@ -175,7 +174,7 @@ def moe_hparams(cfg, group_size):
     else:
         factor_train, factor_eval = cfg.capacity_factor_train, 2.0
         min_capacity = 4
-        group_size = min(group_size, MOE_GROUP_SIZE)
+        group_size = min(group_size, 1024)
     return mtf_moe.HParams(
         moe_gating="switch", moe_num_experts=e, moe_hidden_size=8 * cfg.dims.hidden.size,
         moe_group_size=group_size, moe_capacity_factor_train=factor_train,
@@ -199,14 +198,8 @@ def switch_ffn(x, cfg, train, name):
             # Every position counts for load balancing (the layer needs the weights
             # explicitly when training).
             nonpadding = mtf.ones(x.mesh, x.shape.dims[:2], x.dtype)
-            # Training groups the tokens as released: up to 1024 of them (several
-            # rows of a device's batch) share one group, which sets the expert
-            # capacity and the load-balancing loss (a mean over the group's
-            # tokens, not over each row's). Inference keeps one group per row so
-            # a row's routing never depends on the other rows.
-            group = MOE_GROUP_SIZE if train else length.size
             moe_out, aux_loss = mtf_moe.transformer_moe_layer_v1(
-                x, d.hidden, moe_hparams(cfg, group), train, cfg.variable_dtype,
+                x, d.hidden, moe_hparams(cfg, length.size), train, cfg.variable_dtype,
                 layout=cfg.layout, mesh_shape=cfg.mesh_shape, nonpadding=nonpadding,
                 activation=mtf.relu)
         w_soft = variable(x.mesh, "softmlp/kernel", [d.hidden, d.hidden_out], cfg,
