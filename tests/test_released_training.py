@@ -103,11 +103,13 @@ def test_released_train_step(tmp_path, released, scenario):
             assert abs(got["learning_rate"] - want["learning_rate"]) <= 1e-9, k
             loss_tol = max(sp["loss"], 1e-5 if (k == 0 or clipped) else 1e-3)
             assert abs(got["loss"] - want["loss"]) <= loss_tol, (k, got["loss"], want["loss"])
-            # The MoE load-balancing loss before any update matches to float
-            # rounding (measured 2e-7). After an update it is compared loosely:
-            # it is discrete in the routing, and the fresh scenarios' second
-            # update moves it by 2e-5 with weights equal to 6e-6.
-            aux_tol = 1e-6 if k == 0 else 3e-3 * want["extra_loss"] + max(sp["extra_loss"], 1e-5)
+            # The MoE load-balancing loss is a mean over a routing group. The
+            # released layer makes one group of the device's whole batch (512
+            # tokens here; test_released_noclip_race's re-implementation does so
+            # and matches to 2e-7); this project's groups are single rows so that
+            # training does not depend on the mesh, which measures 0.28% higher
+            # here. Compared loosely for that reason.
+            aux_tol = 3e-3 * want["extra_loss"] + max(sp["extra_loss"], 1e-5)
             assert abs(got["extra_loss"] - want["extra_loss"]) <= aux_tol, (k, got["extra_loss"])
             off = total = 0
             for name, v in want["variables"].items():
