@@ -74,13 +74,19 @@ def test_released_train_step(tmp_path, released, scenario):
 
     With clipping the released graph computes every gradient before any update
     (the global norm needs them all), so its numbers are race-free and must match
-    to max(repeat_spread, 1e-5) everywhere. Without clipping the released graph
-    lets the upper layers' updates run while lower gradients are still being
-    computed (the same order in each of its runs, so repeat_spread stays small);
-    this project's step reads every gradient first. There the test asks for the
-    recorded values on at least 99% of the elements and, on the rest, a
-    difference below the size of the updates made (10 * the learning rates used,
-    the largest m/sqrt(v) of two bias-uncorrected Adam steps being < 5).
+    to max(repeat_spread, 1e-5) everywhere. Without clipping the released
+    train_op lets a variable's update run as soon as its gradient exists, and the
+    backward pass through the output projection (model/dense/kernel, the first
+    weight whose gradient is complete) then reads the updated kernel: every
+    gradient below it is computed through the new kernel.
+    test_released_noclip_race checks that this alone reproduces the recording
+    (an independent eager re-implementation of the step, tests/released_step.py).
+    This project's step reads every gradient first, so here the recorded values
+    must hold on at least 99% of the elements (measured: 12 and 36 of 3871 off in
+    resume_noclip, 21 in fresh_noclip) and, on the rest, a difference below the
+    size of the updates made (10 * the learning rates used, the largest
+    m/sqrt(v) of two bias-uncorrected Adam steps being < 5): an element with a
+    gradient near zero takes a full-size Adam step whichever sign it has.
     """
     root, golden = released
     sc = golden["scenarios"][scenario]
@@ -97,10 +103,14 @@ def test_released_train_step(tmp_path, released, scenario):
             assert abs(got["learning_rate"] - want["learning_rate"]) <= 1e-9, k
             loss_tol = max(sp["loss"], 1e-5 if (k == 0 or clipped) else 1e-3)
             assert abs(got["loss"] - want["loss"]) <= loss_tol, (k, got["loss"], want["loss"])
-            # The MoE load-balancing loss is recorded to about 3e-3 relative of
-            # mesh-tensorflow's: compared loosely (it is reported, not matched).
-            assert abs(got["extra_loss"] - want["extra_loss"]) <= 3e-3 * want["extra_loss"] + \
-                max(sp["extra_loss"], 1e-5), (k, got["extra_loss"])
+            # The MoE load-balancing loss is a mean over a routing group. The
+            # released layer makes one group of the device's whole batch (512
+            # tokens here; test_released_noclip_race's re-implementation does so
+            # and matches to 2e-7); this project's groups are single rows so that
+            # training does not depend on the mesh, which measures 0.28% higher
+            # here. Compared loosely for that reason.
+            aux_tol = 3e-3 * want["extra_loss"] + max(sp["extra_loss"], 1e-5)
+            assert abs(got["extra_loss"] - want["extra_loss"]) <= aux_tol, (k, got["extra_loss"])
             off = total = 0
             for name, v in want["variables"].items():
                 ref = recorded(v)
@@ -118,6 +128,58 @@ def test_released_train_step(tmp_path, released, scenario):
             trainer.session.run(trainer.train_op)
     finally:
         trainer.session.close()
+
+
+def _emulated(root, scenario, race):
+    import subprocess
+    import sys
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_step.py")
+    proc = subprocess.run([sys.executable, helper, root, scenario] + list(race),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def _off(golden, scenario, states):
+    """Elements outside max(repeat_spread, 1e-5) of the recording, per state."""
+    sc, spread = golden["scenarios"][scenario], golden["repeat_spread"][scenario]
+    counts = []
+    for k, want in enumerate(sc["states"]):
+        off = 0
+        for name, v in want["variables"].items():
+            if name == "global_step":
+                continue
+            ref = recorded(v)
+            mine = np.asarray(states[k]["variables"][name], np.float64)[:ref.size]
+            off += int((np.abs(mine - ref) > max(spread[k]["variables"].get(name, 0.0), 1e-5)).sum())
+        counts.append(off)
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["resume_noclip", "fresh_noclip"])
+def test_released_noclip_race(released, scenario):
+    """The released unclipped update = backward through model/dense/kernel
+    reading its updated value (see test_released_train_step). An independent
+    eager re-implementation of the released step, with that one read racing,
+    reproduces every recorded element of resume_noclip; without it 12 and 36
+    elements are off. In fresh_noclip (whose first update has lr 0, so only the
+    second can race) it leaves 2 of 21: wpe elements whose gradients (~1e-5)
+    nearly vanish, where Adam turns a 1e-5 gradient difference into a
+    full-size step. Racing one more weight (measured for each) helps at most
+    one element (att0/qkv, in fresh_noclip); the attention and expert output
+    kernels make it clearly worse, so those were read before their update."""
+    root, golden = released
+    want = golden["scenarios"][scenario]["states"]
+    exact = _emulated(root, scenario, [])
+    racing = _emulated(root, scenario, ["model/dense/kernel"])
+    for states in (exact, racing):  # states[0]: no update yet, nothing to race
+        assert abs(states[0]["loss"] - want[0]["loss"]) <= 1e-5
+        assert abs(states[0]["extra_loss"] - want[0]["extra_loss"]) <= 1e-6
+    off_exact, off_racing = _off(golden, scenario, exact), _off(golden, scenario, racing)
+    assert off_exact[0] == off_racing[0] == 0
+    assert sum(off_exact) >= 20, off_exact  # the race matters ...
+    assert sum(off_racing) <= (0 if scenario == "resume_noclip" else 2), off_racing  # ... and is this
 
 
 # ---- fast checks --------------------------------------------------------------
