@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from model.errors import UserError
 from model import tfrecord
+from tools import _documents as documents
 from tools import _layouts as layouts
 from tools import make_tfrecord as mt
 
@@ -44,11 +45,18 @@ class CharEncoder:
     def __len__(self):
         return len(self.tokens)
 
+    def clean_text(self, text):
+        """Stands in for the real cleaning, which turns URLs etc. into tags."""
+        return text.replace("z", "<UNK>")
+
     def encode(self, text, clean=False):
-        if clean:  # stands in for the real cleaning, which turns URLs etc. into tags
-            text = text.replace("z", "<UNK>")
+        if clean:
+            text = self.clean_text(text)
         return [self.ids["<BR>"] if c == "\n" else self.ids.get(c, self.ids["<UNK>"])
                 for c in text]
+
+    def encode_batch(self, texts, clean=False):
+        return [self.encode(t, clean) for t in texts]
 
     def token_to_id(self, s):
         return self.ids.get(s)
@@ -322,7 +330,7 @@ def read_all(path, block_bytes):
     size, docs, stats = os.path.getsize(path), [], Counter()
     for start in range(0, max(size, 1), block_bytes):
         end = min(size, start + block_bytes)
-        docs += [lines for lines, _ in mt.read_block_documents(path, start, end, stats)]
+        docs += [lines for lines, _ in documents.read_block_documents(path, start, end, stats)]
     return docs, stats
 
 
@@ -437,14 +445,14 @@ def write(path, text):
 
 
 def run(files, tmp_path, out="out", num_process=1, block_bytes=1 << 20, seed=0, stats=None,
-        factory=char_encoder, clean=False, **layout_options):
+        factory=char_encoder, cleaning="released", **layout_options):
     """convert() with CharEncoder; returns (stats, shards, output folder)."""
     options = dict(mode="lm", num_context=32)
     options.update(layout_options)
     output = None if out is None else str(tmp_path / out)
     if output:
         os.makedirs(output, exist_ok=True)
-    job = mt.Job(layouts.LayoutOptions(**options), factory, seed, clean, output, "t")
+    job = mt.Job(layouts.LayoutOptions(**options), factory, seed, cleaning, output, "t")
     stats, shards = mt.convert(files, job, num_process, block_bytes, stats, progress=False)
     return stats, shards, output
 
@@ -537,7 +545,7 @@ def test_dry_run_counts_like_a_real_run_and_writes_nothing(tmp_path):
 
 def test_clean_text_reaches_the_encoder(tf, tmp_path):
     files = [mt.InputFile(0, write(tmp_path / "a.txt", "zebra"), 0)]
-    _, shards, out = run(files, tmp_path, clean=True)
+    _, shards, out = run(files, tmp_path, cleaning="all")
     [record] = read_records(tf, os.path.join(out, *shards))
     assert record["x"][2] == ENC.ids["<UNK>"] and ids("z")[0] not in record["x"]
 
@@ -651,14 +659,15 @@ def text_of(record):
 
 @pytest.mark.parametrize("mode", ["lm", "hybrid", "mlm"])
 def test_packing_loses_no_token_and_pads_only_at_the_file_end(tf, tmp_path, mode):
-    # letters without runs of three (no <|bagoftoken|>) and no sentence ends, so the
-    # records' text must be the documents joined with <|endoftext|>, one to one
+    # letters without runs of three (no <|bagoftoken|>) and no sentence ends, encoded
+    # as written, so the records' text must be the documents joined with <|endoftext|>,
+    # one to one (the default's cleaning is test_packing_mixes_..._loses_no_token's)
     rng = np.random.default_rng(5)
     docs = ["".join(ENC.tokens[t] for t in random_text_tokens(rng, int(rng.integers(1, 50))))
             for _ in range(25)]
     write(tmp_path / "a.txt", "\n\n\n".join(docs))
     _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode=mode,
-                         num_context=16, layout="pack", num_mask=0.0)
+                         num_context=16, layout="pack", num_mask=0.0, cleaning="none")
     records = read_records(tf, os.path.join(out, *shards))
     text = []
     for r in records:
