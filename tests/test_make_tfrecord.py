@@ -941,3 +941,94 @@ def test_released_layout_from_the_command_line(tf, tmp_path):
     ours = [(r["x"], r["y"], r["i"][0], r["num_input"][0])
             for r in read_records(tf, os.path.join(out, "train-00000-00000.tfrecord"))]
     assert ours == golden_records("hybrid_np8", 0)
+
+
+# ---------------------------------------------------------------- which text is cleaned
+def mixed_reference(lines, lengths):
+    """The text the default cleaning must give, by its rule written out independently:
+    a line is read in the encoding of the part that reaches its first token (prefix:
+    as written, LM part: cleaned) and keeps it. `lines`: (text, separator ids) pairs;
+    `lengths`: per example (prefix tokens, LM tokens), in order."""
+    out, k, line, at = [], 0, None, 0
+    for n_prefix, n_lm in lengths:
+        for cleaned, n in ((False, n_prefix), (True, n_lm)):
+            for _ in range(n):
+                if line is None or at == len(line):
+                    text, separator = lines[k]
+                    line, at, k = ENC.encode(text, clean=cleaned) + separator, 0, k + 1
+                out.append(line[at])
+                at += 1
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lm", "hybrid", "mlm"])
+def test_packing_mixes_raw_prefixes_and_cleaned_lm_text_and_loses_no_token(tf, tmp_path,
+                                                                            mode):
+    # "z" is what CharEncoder's cleaning changes (into five <UNK>): lines hold it often
+    rng = np.random.default_rng(7)
+    docs = [["".join(ENC.tokens[t] for t in random_text_tokens(rng, int(rng.integers(1, 30))))
+             for _ in range(int(rng.integers(1, 4)))] for _ in range(30)]
+    write(tmp_path / "a.txt", "\n\n\n".join("\n".join(d) for d in docs))
+    files = mt.files_from_globs(str(tmp_path / "a.txt"))
+    results = {}
+    for cleaning in ("released", "all", "none"):
+        _, shards, out = run(files, tmp_path, out=cleaning, mode=mode, num_context=16,
+                             layout="pack", num_mask=0.0, cleaning=cleaning)
+        records = read_records(tf, os.path.join(out, *shards))
+        parts_of = [text_of(r) for r in records]
+        text = [t for prefix, targets in parts_of for t in prefix + targets]
+        lengths = [(len(p), len(t)) for p, t in parts_of]
+        pads = [r["x"].count(NOT) for r in records]
+        assert pads[:-2] == [0] * (len(records) - 2)  # padding only as the file ends
+        results[cleaning] = text, lengths
+    lines = [(line, [ENC.ids["<BR>"]] if j + 1 < len(d) else [EOT])
+             for d in docs for j, line in enumerate(d)]
+    text, lengths = results["released"]
+    assert text == mixed_reference(lines, lengths)
+    z, unk = ENC.ids["z"], ENC.ids["<UNK>"]
+    prefixes = [n for n, _ in lengths if n]
+    if mode != "lm":  # the default really mixes: raw "z" in prefixes, <UNK> in LM text
+        assert z in text and unk in text
+    else:
+        assert z not in text and unk in text and not prefixes
+    assert results["all"][0] == [t for text, sep in lines for t in ENC.encode(text, True) + sep]
+    assert results["none"][0] == [t for text, sep in lines for t in ENC.encode(text) + sep]
+
+
+def test_a_url_is_raw_in_the_prefix_and_cleaned_in_the_lm_part(project_encoder):
+    enc, table = project_encoder
+    url = enc.token_to_id("<URL>")
+    lines = ["詳しくは http://example.com/a を見てください", "http://example.org/b にもあります"]
+    first = enc.encode(lines[0])
+    assert url not in first and url in enc.encode(lines[0], clean=True)
+    # mlm: the prefix is num_context - 3 tokens, the LM part one: here the prefix is
+    # exactly the first line and its <BR>, so the LM part enters the second line
+    opts = layouts.LayoutOptions(mode="mlm", num_context=len(first) + 4, num_mask=0.0)
+    text = mt.line_text([documents.encode_lines_both_ways(lines, enc)], table)
+    rng = np.random.default_rng(0)
+    examples = list(layouts.examples_from_document(text, table, opts, rng,
+                                                   layouts.SentencePool(rng), Counter()))
+    one, two = examples[0], examples[1]
+    assert list(one.x[1:one.num_input]) == first + [table.br]
+    assert one.y[one.num_input] == url  # the second line, entered by the LM part, cleaned
+    # ... and keeps that encoding in the next example's prefix
+    second = enc.encode(lines[1], clean=True)
+    assert list(two.x[1:two.num_input]) == second[1:]
+    assert len(examples) == 2 and two.x[two.num_input + 1] == table.eot
+
+
+def test_lines_cleaning_leaves_alone_are_encoded_once(project_encoder):
+    # encode_lines_both_ways cleans the text first and encodes only the lines that
+    # changed a second time; the others must encode the same cleaned or not
+    enc, _ = project_encoder
+    path = os.path.join(os.path.dirname(REPO), "shared", "corpus", "ja-docs-train",
+                        "debian-history.txt")
+    if not os.path.isfile(path):
+        pytest.skip("shared corpus not found: %s" % path)
+    changed = 0
+    for lines, _ in documents.read_block_documents(path, 0, os.path.getsize(path), Counter()):
+        raw, cleaned = documents.encode_lines_both_ways(lines, enc)
+        for line, r, c in zip(lines, raw, cleaned):
+            assert r == enc.encode(line) and c == enc.encode(line, clean=True)
+            changed += r != c
+    assert changed  # the file has dates and URLs
