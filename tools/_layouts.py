@@ -1,7 +1,7 @@
 """The record layouts of tools/make_tfrecord.py: how token ids become examples.
 
-pack and document (examples_from_document) lay out one Document at a time with a
-NumPy generator; released (released_examples) reproduces the released
+pack and document (examples_from_document) lay out one Document or LineText at a time
+with a NumPy generator; released (released_examples) reproduces the released
 make_tfrecord_simple.py record for record, reading its files line by line with the
 released draw order. Both give Example(x, y, num_input) rows of num_context ids. The
 rules (prefix, masking, next sentence, <|bagoftoken|> runs, padding) are written out in
@@ -123,7 +123,7 @@ class LineText:
         raw_lengths = np.array([len(r) for r in raw], np.int64)
         self.raw_after = np.concatenate([np.cumsum(raw_lengths[::-1])[::-1], [0]])
         capacity = sum(max(len(r), len(c)) for r, c in zip(raw, cleaned))
-        self.tokens = np.empty(capacity, np.int64)
+        self.tokens = np.zeros(capacity, np.int64)
         self.size, self.lines, self.line_starts = 0, 0, []
 
     def _enter(self, cleaned):
@@ -187,6 +187,9 @@ class LineText:
             want = hi + max(budget, hi - start) + 1
 
     def token(self, pos):
+        """The token at `pos`; a line not entered yet is read ahead cleaned (it is the
+        LM part's next token), until release."""
+        self._read_until(pos + 1, True)
         return int(self.tokens[pos])
 
 

@@ -601,8 +601,8 @@ def build_parser():
                                "the LM part cleaned, the prefix and next sentence as written "
                                "(a line keeps the encoding it was entered with)")
     cleaning.add_argument("--raw_text", action="store_true",
-                          help="encode all text as written, nothing cleaned (default: off, "
-                               "see --clean_text)")
+                          help="encode all text as written, nothing cleaned (see "
+                               "--clean_text)")
     p.add_argument("--num_process", type=int, default=1,
                    help="worker processes; with --layout released also the released "
                         "process count, which decides the output (see README.md)")
