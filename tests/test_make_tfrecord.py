@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from model.errors import UserError
 from model import tfrecord
+from tools import _documents as documents
 from tools import _layouts as layouts
 from tools import make_tfrecord as mt
 
@@ -44,11 +45,18 @@ class CharEncoder:
     def __len__(self):
         return len(self.tokens)
 
+    def clean_text(self, text):
+        """Stands in for the real cleaning, which turns URLs etc. into tags."""
+        return text.replace("z", "<UNK>")
+
     def encode(self, text, clean=False):
-        if clean:  # stands in for the real cleaning, which turns URLs etc. into tags
-            text = text.replace("z", "<UNK>")
+        if clean:
+            text = self.clean_text(text)
         return [self.ids["<BR>"] if c == "\n" else self.ids.get(c, self.ids["<UNK>"])
                 for c in text]
+
+    def encode_batch(self, texts, clean=False):
+        return [self.encode(t, clean) for t in texts]
 
     def token_to_id(self, s):
         return self.ids.get(s)
@@ -322,7 +330,7 @@ def read_all(path, block_bytes):
     size, docs, stats = os.path.getsize(path), [], Counter()
     for start in range(0, max(size, 1), block_bytes):
         end = min(size, start + block_bytes)
-        docs += [lines for lines, _ in mt.read_block_documents(path, start, end, stats)]
+        docs += [lines for lines, _ in documents.read_block_documents(path, start, end, stats)]
     return docs, stats
 
 
@@ -437,14 +445,14 @@ def write(path, text):
 
 
 def run(files, tmp_path, out="out", num_process=1, block_bytes=1 << 20, seed=0, stats=None,
-        factory=char_encoder, clean=False, **layout_options):
+        factory=char_encoder, cleaning="released", **layout_options):
     """convert() with CharEncoder; returns (stats, shards, output folder)."""
     options = dict(mode="lm", num_context=32)
     options.update(layout_options)
     output = None if out is None else str(tmp_path / out)
     if output:
         os.makedirs(output, exist_ok=True)
-    job = mt.Job(layouts.LayoutOptions(**options), factory, seed, clean, output, "t")
+    job = mt.Job(layouts.LayoutOptions(**options), factory, seed, cleaning, output, "t")
     stats, shards = mt.convert(files, job, num_process, block_bytes, stats, progress=False)
     return stats, shards, output
 
@@ -478,7 +486,9 @@ def test_csv_classes_and_weights(tf, tmp_path):
 
 
 def test_reruns_are_byte_identical_whatever_the_process_count(tmp_path):
-    files = [mt.InputFile(k, write(tmp_path / ("%d.txt" % k), DOCS[k * 100:]), k)
+    # "z" lines make the default cleaning read lines two ways (LineText)
+    text = DOCS.replace("fg", "fz", 40)
+    files = [mt.InputFile(k, write(tmp_path / ("%d.txt" % k), text[k * 100:]), k)
              for k in range(3)]
     options = dict(mode="hybrid", num_context=32, use_nextsent=True, block_bytes=1500)
     _, shards, out1 = run(files, tmp_path, "one", **options)
@@ -537,7 +547,7 @@ def test_dry_run_counts_like_a_real_run_and_writes_nothing(tmp_path):
 
 def test_clean_text_reaches_the_encoder(tf, tmp_path):
     files = [mt.InputFile(0, write(tmp_path / "a.txt", "zebra"), 0)]
-    _, shards, out = run(files, tmp_path, clean=True)
+    _, shards, out = run(files, tmp_path, cleaning="all")
     [record] = read_records(tf, os.path.join(out, *shards))
     assert record["x"][2] == ENC.ids["<UNK>"] and ids("z")[0] not in record["x"]
 
@@ -651,14 +661,15 @@ def text_of(record):
 
 @pytest.mark.parametrize("mode", ["lm", "hybrid", "mlm"])
 def test_packing_loses_no_token_and_pads_only_at_the_file_end(tf, tmp_path, mode):
-    # letters without runs of three (no <|bagoftoken|>) and no sentence ends, so the
-    # records' text must be the documents joined with <|endoftext|>, one to one
+    # letters without runs of three (no <|bagoftoken|>) and no sentence ends, encoded
+    # as written, so the records' text must be the documents joined with <|endoftext|>,
+    # one to one (the default's cleaning is test_packing_mixes_..._loses_no_token's)
     rng = np.random.default_rng(5)
     docs = ["".join(ENC.tokens[t] for t in random_text_tokens(rng, int(rng.integers(1, 50))))
             for _ in range(25)]
     write(tmp_path / "a.txt", "\n\n\n".join(docs))
     _, shards, out = run(mt.files_from_globs(str(tmp_path / "a.txt")), tmp_path, mode=mode,
-                         num_context=16, layout="pack", num_mask=0.0)
+                         num_context=16, layout="pack", num_mask=0.0, cleaning="none")
     records = read_records(tf, os.path.join(out, *shards))
     text = []
     for r in records:
@@ -932,3 +943,94 @@ def test_released_layout_from_the_command_line(tf, tmp_path):
     ours = [(r["x"], r["y"], r["i"][0], r["num_input"][0])
             for r in read_records(tf, os.path.join(out, "train-00000-00000.tfrecord"))]
     assert ours == golden_records("hybrid_np8", 0)
+
+
+# ---------------------------------------------------------------- which text is cleaned
+def mixed_reference(lines, lengths):
+    """The text the default cleaning must give, by its rule written out independently:
+    a line is read in the encoding of the part that reaches its first token (prefix:
+    as written, LM part: cleaned) and keeps it. `lines`: (text, separator ids) pairs;
+    `lengths`: per example (prefix tokens, LM tokens), in order."""
+    out, k, line, at = [], 0, None, 0
+    for n_prefix, n_lm in lengths:
+        for cleaned, n in ((False, n_prefix), (True, n_lm)):
+            for _ in range(n):
+                if line is None or at == len(line):
+                    text, separator = lines[k]
+                    line, at, k = ENC.encode(text, clean=cleaned) + separator, 0, k + 1
+                out.append(line[at])
+                at += 1
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lm", "hybrid", "mlm"])
+def test_packing_mixes_raw_prefixes_and_cleaned_lm_text_and_loses_no_token(tf, tmp_path,
+                                                                            mode):
+    # "z" is what CharEncoder's cleaning changes (into five <UNK>): lines hold it often
+    rng = np.random.default_rng(7)
+    docs = [["".join(ENC.tokens[t] for t in random_text_tokens(rng, int(rng.integers(1, 30))))
+             for _ in range(int(rng.integers(1, 4)))] for _ in range(30)]
+    write(tmp_path / "a.txt", "\n\n\n".join("\n".join(d) for d in docs))
+    files = mt.files_from_globs(str(tmp_path / "a.txt"))
+    results = {}
+    for cleaning in ("released", "all", "none"):
+        _, shards, out = run(files, tmp_path, out=cleaning, mode=mode, num_context=16,
+                             layout="pack", num_mask=0.0, cleaning=cleaning)
+        records = read_records(tf, os.path.join(out, *shards))
+        parts_of = [text_of(r) for r in records]
+        text = [t for prefix, targets in parts_of for t in prefix + targets]
+        lengths = [(len(p), len(t)) for p, t in parts_of]
+        pads = [r["x"].count(NOT) for r in records]
+        assert pads[:-2] == [0] * (len(records) - 2)  # padding only as the file ends
+        results[cleaning] = text, lengths
+    lines = [(line, [ENC.ids["<BR>"]] if j + 1 < len(d) else [EOT])
+             for d in docs for j, line in enumerate(d)]
+    text, lengths = results["released"]
+    assert text == mixed_reference(lines, lengths)
+    z, unk = ENC.ids["z"], ENC.ids["<UNK>"]
+    prefixes = [n for n, _ in lengths if n]
+    if mode != "lm":  # the default really mixes: raw "z" in prefixes, <UNK> in LM text
+        assert z in text and unk in text
+    else:
+        assert z not in text and unk in text and not prefixes
+    assert results["all"][0] == [t for text, sep in lines for t in ENC.encode(text, True) + sep]
+    assert results["none"][0] == [t for text, sep in lines for t in ENC.encode(text) + sep]
+
+
+def test_a_url_is_raw_in_the_prefix_and_cleaned_in_the_lm_part(project_encoder):
+    enc, table = project_encoder
+    url = enc.token_to_id("<URL>")
+    lines = ["詳しくは http://example.com/a を見てください", "http://example.org/b にもあります"]
+    first = enc.encode(lines[0])
+    assert url not in first and url in enc.encode(lines[0], clean=True)
+    # mlm: the prefix is num_context - 3 tokens, the LM part one: here the prefix is
+    # exactly the first line and its <BR>, so the LM part enters the second line
+    opts = layouts.LayoutOptions(mode="mlm", num_context=len(first) + 4, num_mask=0.0)
+    text = mt.line_text([documents.encode_lines_both_ways(lines, enc)], table)
+    rng = np.random.default_rng(0)
+    examples = list(layouts.examples_from_document(text, table, opts, rng,
+                                                   layouts.SentencePool(rng), Counter()))
+    one, two = examples[0], examples[1]
+    assert list(one.x[1:one.num_input]) == first + [table.br]
+    assert one.y[one.num_input] == url  # the second line, entered by the LM part, cleaned
+    # ... and keeps that encoding in the next example's prefix
+    second = enc.encode(lines[1], clean=True)
+    assert list(two.x[1:two.num_input]) == second[1:]
+    assert len(examples) == 2 and two.x[two.num_input + 1] == table.eot
+
+
+def test_lines_cleaning_leaves_alone_are_encoded_once(project_encoder):
+    # encode_lines_both_ways cleans the text first and encodes only the lines that
+    # changed a second time; the others must encode the same cleaned or not
+    enc, _ = project_encoder
+    path = os.path.join(os.path.dirname(REPO), "shared", "corpus", "ja-docs-train",
+                        "debian-history.txt")
+    if not os.path.isfile(path):
+        pytest.skip("shared corpus not found: %s" % path)
+    changed = 0
+    for lines, _ in documents.read_block_documents(path, 0, os.path.getsize(path), Counter()):
+        raw, cleaned = documents.encode_lines_both_ways(lines, enc)
+        for line, r, c in zip(lines, raw, cleaned):
+            assert r == enc.encode(line) and c == enc.encode(line, clean=True)
+            changed += r != c
+    assert changed  # the file has dates and URLs

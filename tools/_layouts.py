@@ -1,7 +1,7 @@
 """The record layouts of tools/make_tfrecord.py: how token ids become examples.
 
-pack and document (examples_from_document) lay out one Document at a time with a
-NumPy generator; released (released_examples) reproduces the released
+pack and document (examples_from_document) lay out one Document or LineText at a time
+with a NumPy generator; released (released_examples) reproduces the released
 make_tfrecord_simple.py record for record, reading its files line by line with the
 released draw order. Both give Example(x, y, num_input) rows of num_context ids. The
 rules (prefix, masking, next sentence, <|bagoftoken|> runs, padding) are written out in
@@ -81,6 +81,116 @@ class Document:
         """End (exclusive) of the sentence that starts at `start`."""
         j = np.searchsorted(self.boundaries, start)
         return int(self.boundaries[j]) + 1 if j < len(self.boundaries) else len(self)
+
+    # The text interface of examples_from_document, shared with LineText: a Document is
+    # read in one encoding, so reading and releasing lines is nothing here.
+    def ends_at(self, pos):
+        return pos >= len(self)
+
+    def length_from(self, start):
+        return len(self) - start
+
+    def sentence(self, start, end):
+        return self.tokens[start:end]
+
+    def prefix(self, start, n):
+        return self.tokens[start:start + n]
+
+    def lm_stream(self, start, budget, table):
+        return take_lm_stream(self, start, budget, table)
+
+    def token(self, pos):
+        return int(self.tokens[pos])
+
+    def release(self, pos):
+        pass
+
+
+class LineText:
+    """A text whose lines each have two encodings, as written and cleaned; a line is
+    read in the one the layout enters it with and keeps it to its end: entered while
+    filling a next sentence or a prefix, as written; while filling the LM part,
+    cleaned. That is the released split of an example (prefix as written, the rest of
+    its last line too, LM lines cleaned), carried on over example boundaries.
+
+    raw[k], cleaned[k]: line k's ids with its separator (<BR>, or <|endoftext|> between
+    packed documents) appended. tokens[:size] is the text read so far, lines 0..lines-1.
+    Positions are those of that text; a line is entered once a position in it is read.
+    """
+
+    def __init__(self, raw, cleaned, table):
+        self.raw, self.cleaned, self.table = raw, cleaned, table
+        raw_lengths = np.array([len(r) for r in raw], np.int64)
+        self.raw_after = np.concatenate([np.cumsum(raw_lengths[::-1])[::-1], [0]])
+        capacity = sum(max(len(r), len(c)) for r, c in zip(raw, cleaned))
+        self.tokens = np.zeros(capacity, np.int64)
+        self.size, self.lines, self.line_starts = 0, 0, []
+
+    def _enter(self, cleaned):
+        ids = (self.cleaned if cleaned else self.raw)[self.lines]
+        self.line_starts.append(self.size)
+        self.tokens[self.size:self.size + len(ids)] = ids
+        self.size += len(ids)
+        self.lines += 1
+
+    def _read_until(self, pos, cleaned):
+        while self.size < pos and self.lines < len(self.raw):
+            self._enter(cleaned)
+
+    def release(self, pos):
+        """Forget the lines read ahead that start at or after `pos`: not entered yet."""
+        while self.line_starts and self.line_starts[-1] >= pos:
+            self.size = self.line_starts.pop()
+            self.lines -= 1
+
+    def ends_at(self, pos):
+        return self.lines == len(self.raw) and pos >= self.size
+
+    def length_from(self, start):
+        """Tokens from `start` on, the lines not entered yet counted as written (what a
+        prefix would read)."""
+        return self.size - start + int(self.raw_after[self.lines])
+
+    def sentence_end(self, start):
+        searched = start
+        while True:
+            self._read_until(searched + 1, False)
+            hits = np.flatnonzero(self.table.sentence_boundary[self.tokens[searched:self.size]])
+            if hits.size:
+                return searched + int(hits[0]) + 1
+            if self.lines == len(self.raw):
+                return self.size
+            searched = self.size
+
+    def sentence(self, start, end):
+        return self.tokens[start:end].copy()  # kept in the pool; tokens[end:] is reused
+
+    def prefix(self, start, n):
+        self._read_until(start + n, False)
+        return self.tokens[start:start + n]
+
+    def lm_stream(self, start, budget, table):
+        """take_lm_stream from `start`, reading new lines cleaned. The window grows
+        until the stream ends before the window's last run (a run cut by the window
+        could be compressed, or cost otherwise, in the whole text) or the text ends."""
+        if budget <= 0:
+            return np.zeros(0, np.int64), start
+        want = start + budget + 1
+        while True:
+            self._read_until(want, True)
+            hi = min(self.size, want)
+            window = Document(self.tokens[start:hi], table)
+            stream, end = take_lm_stream(window, 0, budget, table)
+            if (self.lines == len(self.raw) and hi == self.size) or \
+                    (len(window) and end < window.run_starts[-1]):
+                return stream, start + end
+            want = hi + max(budget, hi - start) + 1
+
+    def token(self, pos):
+        """The token at `pos`; a line not entered yet is read ahead cleaned (it is the
+        LM part's next token), until release."""
+        self._read_until(pos + 1, True)
+        return int(self.tokens[pos])
 
 
 def compress_runs(tokens, table):
@@ -181,9 +291,10 @@ class SentencePool:
 def take_nextsent(doc, start, rng, pool, opts):
     """Pull the first sentence off the text; returns (NextSentence or None, new start)."""
     end = doc.sentence_end(start)
-    if end >= len(doc):  # nothing would follow it
+    if doc.ends_at(end):  # nothing would follow it
+        doc.release(start)
         return None, start
-    sentence = doc.tokens[start:end]
+    sentence = doc.sentence(start, end)
     use_true = rng.random() < 0.5
     other = None if use_true else pool.draw()
     pool.add(sentence)
@@ -204,26 +315,30 @@ def prefix_length(opts, rng, available, room):
 
 
 def examples_from_document(doc, table, opts, rng, pool, stats):
-    """Yield the examples that cover one document, consuming it front to back."""
+    """Yield the examples that cover one text (a Document or a LineText), consuming it
+    front to back."""
     start = 0
-    while start < len(doc):
+    while not doc.ends_at(start):
         begin, nextsent = start, None
         if opts.use_nextsent:
             nextsent, start = take_nextsent(doc, start, rng, pool, opts)
         pos = 1 + (len(nextsent.tokens) + 1 if nextsent else 0)
-        available = len(doc) - start
+        available = doc.length_from(start)
         n_prefix = prefix_length(opts, rng, available, opts.num_context - pos - 1)
         if n_prefix == available:  # all the text is prefix: <|endoftext|> must fit too
             n_prefix = min(n_prefix, opts.num_context - pos - 2)
-        prefix = doc.tokens[start:start + n_prefix]
+        prefix = doc.prefix(start, n_prefix)
         prefix_x, masked = mask_prefix(prefix, rng, table, opts)
         seg = pos + n_prefix
         slots = opts.num_context - seg - 1
-        stream, end = take_lm_stream(doc, start + n_prefix, slots, table)
-        if end == len(doc) and len(stream) == slots:  # no room left for <|endoftext|>
-            stream, end = take_lm_stream(doc, start + n_prefix, slots - 1, table)
-        ended = end == len(doc)
-        continuation = None if ended else int(doc.tokens[end])
+        stream, end = doc.lm_stream(start + n_prefix, slots, table)
+        if doc.ends_at(end) and len(stream) == slots:  # no room left for <|endoftext|>
+            stream, end = doc.lm_stream(start + n_prefix, slots - 1, table)
+        ended = doc.ends_at(end)
+        # the continuation target is the LM part's next token: a line not entered yet
+        # is read there cleaned, like any line the LM part enters
+        continuation = None if ended else doc.token(end)
+        doc.release(end)
         if end <= begin:
             raise RuntimeError("layout made no progress at token %d" % begin)
         start = end

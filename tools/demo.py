@@ -180,9 +180,9 @@ def snapshot_vocabulary(work):
 def read_documents(path):
     """The documents of a corpus file, split exactly as tools/make_tfrecord.py splits them."""
     from collections import Counter
-    from tools import make_tfrecord
+    from tools._documents import read_block_documents
     return ["\n".join(lines) for lines, _ in
-            make_tfrecord.read_block_documents(path, 0, os.path.getsize(path), Counter())]
+            read_block_documents(path, 0, os.path.getsize(path), Counter())]
 
 
 def select_documents(documents, min_ascii, max_ascii):

@@ -37,12 +37,17 @@ import numpy as np  # noqa: E402
 from model import cli  # noqa: E402
 from model.atomic import write_json_atomic  # noqa: E402
 from model.tfrecord import ShardWriter  # noqa: E402
+from tools._documents import (  # noqa: E402
+    encode_lines, encode_lines_both_ways, read_block_documents)
 from tools._layouts import (  # noqa: E402
-    Document, LayoutOptions, SentencePool, TokenTable, examples_from_document,
+    Document, LayoutOptions, LineText, SentencePool, TokenTable, examples_from_document,
     released_examples, released_file_order)
 
 MODES = ("lm", "mlm", "hybrid")
 LAYOUTS = ("pack", "document", "released")
+# which text is encoded with cleaning: "released" the LM part (the prefix and next
+# sentence as written), "all" everything (--clean_text), "none" nothing (--raw_text)
+CLEANINGS = ("released", "all", "none")
 SUMMARY_SUFFIX = "-summary.json"
 MIN_CONTEXT = 16
 PROGRESS_BYTES = 1 << 18      # workers report progress at least this often
@@ -55,78 +60,6 @@ def pass_keep_rates(weight):
     if weight > whole:
         rates.append(weight - whole)
     return rates
-
-
-# ---------------------------------------------------------------- reading text
-def _is_blank(raw):
-    return not raw.strip()
-
-
-def _state_before(f, pos):
-    """(text seen before, blank lines since it, capped at 2) for the line start `pos`."""
-    window = 4096
-    while True:
-        lo = max(0, pos - window)
-        f.seek(lo)
-        lines = f.read(pos - lo).split(b"\n")[:-1]
-        complete = lines if lo == 0 else lines[1:]  # the first may be cut by the window
-        blanks = 0
-        for line in reversed(complete):
-            if not _is_blank(line):
-                return True, blanks
-            blanks += 1
-            if blanks == 2:
-                return True, 2
-        if lo == 0:
-            return False, blanks
-        window *= 4
-
-
-def read_block_documents(path, start, end, stats):
-    """Yield (lines, offset) for each document whose first line starts in [start, end).
-
-    A document that starts in the block is read to its end even past `end`; one that
-    started before `start` is left to the previous block. `offset` is where reading
-    stands after the document (for progress).
-    """
-    with open(path, "rb") as f:
-        if start > 0:
-            f.seek(start - 1)
-            f.readline()  # the line holding byte start-1 belongs to the previous block
-        pos = f.tell()
-        seen_text, blanks = _state_before(f, pos) if pos > 0 else (False, 0)
-        f.seek(pos)
-        lines = None  # None while skipping the tail of the previous block's document
-        for raw in f:
-            line_start, pos = pos, pos + len(raw)
-            if _is_blank(raw):
-                blanks += 1
-                continue
-            if not seen_text or blanks >= 2:  # this line opens a document
-                if lines:
-                    yield lines, line_start
-                if line_start >= end:
-                    return
-                lines = []
-            elif lines is not None and blanks:
-                lines.append("")
-            seen_text, blanks = True, 0
-            if lines is None:
-                continue
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                stats["undecodable_lines"] += 1
-                continue
-            lines.append(text.lstrip("\ufeff") if line_start == 0 else text)
-        if lines:
-            yield lines, pos
-
-
-def encode_lines(lines, enc, clean):
-    # one call per document: the encoder turns each "\n" into <BR>, and is much faster
-    # on long texts than line by line
-    return enc.encode("\n".join(lines), clean=clean)
 
 
 # ---------------------------------------------------------------- one block of one file
@@ -154,7 +87,7 @@ class Job:
     layout: LayoutOptions
     encoder_factory: object
     seed: int = 0
-    clean_text: bool = False
+    cleaning: str = "released"  # one of CLEANINGS
     output_dir: str = None  # None: dry run
     name: str = "train"
     running_ids: bool = False  # i = running record id (no CSV) instead of the class id
@@ -202,28 +135,55 @@ class _Progress:
 
 
 def read_block(task, job, enc, table, stats, progress):
-    """Encode the documents of a block; returns their Document objects."""
+    """Encode the documents of a block; returns the texts to lay out (pack: one)."""
     docs, done = [], task.start
     for lines, offset in read_block_documents(task.file.path, task.start, task.end, stats):
-        tokens = encode_lines(lines, enc, job.clean_text)
+        if job.cleaning == "released":
+            encoded = encode_lines_both_ways(lines, enc)
+            count = sum(len(ids) for ids in encoded[0]) + len(lines) - 1  # and the <BR>s
+        else:
+            encoded = encode_lines(lines, enc, job.cleaning == "all")
+            count = len(encoded)
         stats["documents"] += 1
         stats["lines"] += len(lines)
-        stats["tokens"] += len(tokens)
+        stats["tokens"] += count
         reached = min(offset, task.end)
-        progress.add(max(reached - done, 0), len(tokens))
+        progress.add(max(reached - done, 0), count)
         done = max(done, reached)
-        if tokens:
-            docs.append(tokens)
+        if count:
+            docs.append(encoded)
     progress.add(task.end - done, 0)
+    if job.cleaning != "released":
+        if job.layout.layout == "pack" and docs:
+            # one text: documents joined with <|endoftext|>; the last one gets its
+            # <|endoftext|> from the layout, like any text that ends in an example
+            joined = []
+            for tokens in docs:
+                joined.extend(tokens)
+                joined.append(table.eot)
+            return [Document(joined[:-1], table)]
+        return [Document(tokens, table) for tokens in docs]
     if job.layout.layout == "pack" and docs:
-        # one text: documents joined with <|endoftext|>; the last one gets its
-        # <|endoftext|> from the layout, like any text that ends in an example
-        joined = []
-        for tokens in docs:
-            joined.extend(tokens)
-            joined.append(table.eot)
-        return [Document(joined[:-1], table)]
-    return [Document(tokens, table) for tokens in docs]
+        return [line_text(docs, table)]
+    return [line_text([doc], table) for doc in docs]
+
+
+def line_text(docs, table):
+    """The documents' lines as one text: lines joined with <BR>, documents with
+    <|endoftext|>. A Document where cleaning changes no line (the same ids, and faster
+    to lay out), else a LineText."""
+    raw, cleaned = [], []
+    for d, (doc_raw, doc_cleaned) in enumerate(docs):
+        for k, (ids, cleaned_ids) in enumerate(zip(doc_raw, doc_cleaned)):
+            if k + 1 < len(doc_raw):
+                separator = [table.br]
+            else:
+                separator = [table.eot] if d + 1 < len(docs) else []
+            raw.append(ids + separator)
+            cleaned.append(raw[-1] if cleaned_ids is ids else cleaned_ids + separator)
+    if all(c is r for c, r in zip(cleaned, raw)):
+        return Document([t for ids in raw for t in ids], table)
+    return LineText(raw, cleaned, table)
 
 
 def convert_block(task, job, enc, table, report):
@@ -282,7 +242,8 @@ def convert_released_process(job, process, num_process, files, enc=None, table=N
         writer = ShardWriter(os.path.join(job.output_dir, shard_name(job.name, process, 0)),
                              class_id=None)
     # released: the prefix (and a next sentence) as written, the LM part cleaned
-    clean = (True, True) if job.clean_text else (False, True)
+    clean = {"released": (False, True), "all": (True, True), "none": (False, False)}[
+        job.cleaning]
     try:
         for example, i in released_examples(files, process, num_process, job.layout, enc,
                                             table, clean, job.seed, stats):
@@ -632,12 +593,16 @@ def build_parser():
     p.add_argument("--max_mask", type=int, default=100, help="most masked tokens per example")
     p.add_argument("--use_nextsent", action="store_true", help="add the next-sentence part")
     p.add_argument("--num_context", type=int, default=1280, help="tokens per example")
-    p.add_argument("--clean_text", action="store_true",
-                   help="encode all text, prefix and next sentence included, with cleaning "
-                        "(URLs, e-mail addresses, dates, ... become <URL>, <EMAIL>, <DATE>, "
-                        "...). Off (default): --layout released encodes the LM lines with "
-                        "cleaning and the prefix and next sentence as written (released); "
-                        "--layout pack/document encode everything as written")
+    cleaning = p.add_mutually_exclusive_group()
+    cleaning.add_argument("--clean_text", action="store_true",
+                          help="encode all text, prefix and next sentence included, with "
+                               "cleaning (URLs, e-mail addresses, dates, ... become <URL>, "
+                               "<EMAIL>, <DATE>, ...). Default (neither flag): as released, "
+                               "the LM part cleaned, the prefix and next sentence as written "
+                               "(a line keeps the encoding it was entered with)")
+    cleaning.add_argument("--raw_text", action="store_true",
+                          help="encode all text as written, nothing cleaned (see "
+                               "--clean_text)")
     p.add_argument("--num_process", type=int, default=1,
                    help="worker processes; with --layout released also the released "
                         "process count, which decides the output (see README.md)")
@@ -771,7 +736,8 @@ def main(args):
                            args.max_mask, args.use_nextsent, args.layout)
     factory = functools.partial(load_swe_encoder, args.vocabulary, args.emoji)
     vocabulary_size = check_encoder(factory)
-    job = Job(layout, factory, args.seed, args.clean_text,
+    cleaning = "all" if args.clean_text else "none" if args.raw_text else "released"
+    job = Job(layout, factory, args.seed, cleaning,
               None if args.dry_run else args.output_dir, args.name,
               running_ids=not args.input_csv)
     began = time.time()
