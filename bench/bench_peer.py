@@ -4,16 +4,17 @@ Runs in .venv-interop (`make bench-peer`). Decoding is greedy at batch 1 with ra
 weights; the peer uses its KV cache through a hand-written greedy loop (its port has
 no working generate() since transformers 4.50). Training is forward + backward + Adam
 on random tokens. Graph building / the first calls are excluded on both sides, and
-each side is timed twice, alternating; the fastest run counts. The machine is shared,
-so timings are contended and noisy. Training alternates
-TRAIN_RUNS blocks of TRAIN_STEPS steps on each side.
+each side runs in its own processes, alternating (RUNS processes per side, REPEATS timed
+calls in each); the fastest call counts. Training times blocks of TRAIN_STEPS steps.
 
 The released 2.8B size takes very long on a CPU: it runs only with --big.
 Rows go into bench/results.md under "## PyTorch peer" (that section is replaced).
 """
 import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +31,8 @@ DECODE = {
                   num_experts=16), 32, 32),
 }
 TRAIN = dict(num_contexts=128, num_switch_layers=2, num_hidden=128, num_header=8, num_experts=4)
-TRAIN_BATCH, TRAIN_STEPS, RUNS, TRAIN_RUNS = 8, 10, 2, 4
+TRAIN_BATCH, TRAIN_STEPS = 8, 10
+RUNS, REPEATS = 2, 3  # processes per side (alternating), timed calls per process
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
 SECTION = "## PyTorch peer"
 
@@ -172,41 +174,58 @@ class PeerTrain:
 
 
 # ---- the table ------------------------------------------------------------------
-def run(sizes):
-    rows = []
-    for name in sizes:
+def measure(side, kind, name):
+    """Best of REPEATS timed calls of one side on one configuration (in this process)."""
+    if kind == "decode":
         config, p, n = DECODE[name]
-        mp = model_params(config)
-        ours, peer = OursDecode(mp, p, n), PeerDecode(mp, p, n)
-        a, b = [], []
+        bench = (OursDecode if side == "ours" else PeerDecode)(model_params(config), p, n)
+    else:
+        bench = (OursTrain if side == "ours" else PeerTrain)(model_params(TRAIN))
+    rates = [bench() for _ in range(REPEATS)]
+    if hasattr(bench, "close"):
+        bench.close()
+    return max(rates)
+
+
+def in_subprocess(side, kind, name):
+    """measure() in a fresh process: TensorFlow's thread pools, once used, slow the
+    peer's OpenMP threads in the same process by up to 10x, so each side runs alone."""
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, kind,
+                           name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("%s %s %s failed:\n%s" % (side, kind, name, proc.stderr[-3000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(sizes):
+    jobs = [("decode", name) for name in sizes] + [("train", "tiny")]
+    rows = []
+    for kind, name in jobs:
+        rates = {"ours": [], "peer": []}
         for _ in range(RUNS):  # alternate, so a slow spell of the machine hits both
-            a.append(ours())
-            b.append(peer())
-        rows.append(dict(what="decode, %s, prompt %d + %d new, batch 1" % (describe(config), p, n),
-                         ours=max(a), baseline=max(b), ratio=max(a) / max(b), unit="tokens/s"))
+            for side in ("ours", "peer"):
+                rates[side].append(in_subprocess(side, kind, name))
+        a, b = max(rates["ours"]), max(rates["peer"])
+        if kind == "decode":
+            config, p, n = DECODE[name]
+            what = "decode, %s, prompt %d + %d new, batch 1" % (describe(config), p, n)
+        else:
+            what = "train, %s, batch %d (fwd+bwd+Adam)" % (describe(TRAIN), TRAIN_BATCH)
+        rows.append(dict(what=what, ours=a, baseline=b, ratio=a / b, unit="tokens/s"))
         print(rows[-1], flush=True)
-    mp = model_params(TRAIN)
-    ours, peer = OursTrain(mp), PeerTrain(mp)
-    a, b = [], []
-    for _ in range(TRAIN_RUNS):  # alternate, as for decoding
-        a.append(ours())
-        b.append(peer())
-    ours.close()
-    a, b = max(a), max(b)
-    rows.append(dict(what="train, %s, batch %d (fwd+bwd+Adam)" % (describe(TRAIN), TRAIN_BATCH),
-                     ours=a, baseline=b, ratio=a / b, unit="tokens/s"))
-    print(rows[-1], flush=True)
     return rows
 
 
-def write(rows):
+def write(rows, load):
     import transformers
     text = open(RESULTS, encoding="utf-8").read() if os.path.isfile(RESULTS) else "# Benchmarks\n"
     text = re.sub(r"\n%s.*?(?=\n## |\Z)" % re.escape(SECTION), "", text, flags=re.S)
     section = ("\n%s\n\nWritten by `make bench-peer` on %s; baseline = transformers %s "
-               "GPTSanJapanese (PyTorch, %d threads), contended machine.\n\n%s"
+               "GPTSanJapanese (PyTorch, %d threads); each side in its own process, "
+               "alternating, best of %d processes x %d calls; load average before: %s.\n\n%s"
                % (SECTION, time.strftime("%Y-%m-%d"), transformers.__version__,
-                  min(2, os.cpu_count() or 1), common.markdown_table(rows)))
+                  min(2, os.cpu_count() or 1), RUNS, REPEATS, load,
+                  common.markdown_table(rows)))
     from model.atomic import write_text_atomic
     write_text_atomic(RESULTS, text.rstrip("\n") + "\n" + section)
 
@@ -216,13 +235,18 @@ def main():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--big", action="store_true", help="also the released 2.8B size (very slow)")
     p.add_argument("--no_write", action="store_true", help="print only; leave results.md alone")
+    p.add_argument("--worker", nargs=3, metavar=("SIDE", "KIND", "NAME"), help=argparse.SUPPRESS)
     args = p.parse_args()
     from model import cli
     cli.quiet_tensorflow(False)
+    if args.worker:
+        print(json.dumps(measure(*args.worker)))
+        return
+    load = "%.2f" % os.getloadavg()[0]
     rows = run(["tiny", "medium"] + (["2.8B"] if args.big else []))
     common.print_table(rows)
     if not args.no_write:
-        write(rows)
+        write(rows, load)
 
 
 if __name__ == "__main__":
