@@ -51,23 +51,28 @@ class TrainOptions:
     log_every: int = 10
 
 
+class OptionError(UserError, ValueError):
+    """A TrainOptions field has a value that cannot work; the message starts with
+    the field's name (the command-line layer adds "--": its flags have the same names)."""
+
+
 def check_options(opts, mesh_batch):
     """User mistakes in the options, as one-line errors before any graph is built."""
     mp, batch = opts.params["model_params"], opts.params["train_params"]["batch_size"]
     if opts.spout_vector not in SPOUT_CHOICES:
-        raise UserError("--spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
+        raise OptionError("spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
     if opts.spout_vector != "none" and not mp.get("num_spout"):
-        raise UserError("--spout_vector %s needs num_spout > 0 in parameters.json "
-                        "(add spout weights with tools/run_modelconvert.py --num_spout)"
-                        % opts.spout_vector)
+        raise OptionError("spout_vector %s needs num_spout > 0 in parameters.json "
+                          "(add spout weights with tools/run_modelconvert.py --num_spout)"
+                          % opts.spout_vector)
     if opts.use_bfloat16 and opts.use_mixed_precision:
-        raise UserError("choose one of --use_bfloat16 and --use_mixed_precision")
+        raise OptionError("use_bfloat16 and use_mixed_precision exclude each other; choose one")
     if opts.optimizer not in ("adam", "adafactor"):
-        raise UserError("--optimizer must be adam or adafactor")
+        raise OptionError("optimizer must be adam or adafactor")
     if opts.lr_schedule not in optimizer.LR_SCHEDULES:
-        raise UserError("--lr_schedule must be one of %s" % ", ".join(optimizer.LR_SCHEDULES))
+        raise OptionError("lr_schedule must be one of %s" % ", ".join(optimizer.LR_SCHEDULES))
     if opts.spout_vector == "half_onehot" and mp.get("num_spout", 0) < 2:
-        raise UserError("--spout_vector half_onehot needs num_spout >= 2 in parameters.json")
+        raise OptionError("spout_vector half_onehot needs num_spout >= 2 in parameters.json")
     if batch % mesh_batch:
         raise UserError("batch_size %d is not divisible by the mesh's batch dimension %d"
                         % (batch, mesh_batch))
@@ -115,7 +120,7 @@ def trainable_variables(opts, mtf_graph):
     names = {v.name for v in mtf_graph.trainable_variables}
     unknown = [n for n in opts.ignore_parameters if n not in names]
     if unknown:
-        raise UserError("--ignore_parameters names %s, which is not a variable of this model"
+        raise UserError("ignore_parameters names %s, which is not a variable of this model"
                         % unknown[0])
     frozen = set(opts.ignore_parameters)
     if opts.spout_vector == "none":
@@ -256,20 +261,18 @@ class Trainer:
 
     def _build(self):
         impl = meshlib.placement(self.devices.shape, self.devices.devices)
-        step = build_train_step(self.opts, self._features(), self.devices.shape, impl)
-        for name in ("lowering", "global_step", "learning_rate", "loss_scale", "loss",
-                     "aux_loss", "train_op", "tokens_per_step", "trainable_names",
-                     "frozen_names", "count"):
-            setattr(self, name, getattr(step, name))
+        # The step's tensors and ops (loss, train_op, lowering, ...), as built.
+        self.ops = build_train_step(self.opts, self._features(), self.devices.shape, impl)
         self.saver = tf.train.Saver(max_to_keep=self.train_params["max_to_keep_save"],
                                     sharded=True, save_relative_paths=True)
-        self.copy_to_slices = self.lowering.copy_masters_to_slices()
-        self.copy_to_masters = self.lowering.copy_slices_to_masters()
+        self.copy_to_slices = self.ops.lowering.copy_masters_to_slices()
+        self.copy_to_masters = self.ops.lowering.copy_slices_to_masters()
         self.init = tf.group(tf.global_variables_initializer(), tf.local_variables_initializer())
         with tf.name_scope("summaries"):
             self.summaries = tf.summary.merge([
-                tf.summary.scalar("loss", self.loss), tf.summary.scalar("aux_loss", self.aux_loss),
-                tf.summary.scalar("learning_rate", self.learning_rate)])
+                tf.summary.scalar("loss", self.ops.loss),
+                tf.summary.scalar("aux_loss", self.ops.aux_loss),
+                tf.summary.scalar("learning_rate", self.ops.learning_rate)])
 
     # ---- session -----------------------------------------------------------
     def start(self):
@@ -324,7 +327,7 @@ class Trainer:
         tf.train.Saver(var_list=wanted).restore(self.session, path)
 
     def step(self):
-        return int(self.session.run(self.global_step))
+        return int(self.session.run(self.ops.global_step))
 
     def save(self):
         self.session.run(self.copy_to_masters)
@@ -348,7 +351,8 @@ class Trainer:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
                     break
-                fetch = [self.train_op, self.loss, self.aux_loss, self.learning_rate]
+                ops = self.ops
+                fetch = [ops.train_op, ops.loss, ops.aux_loss, ops.learning_rate]
                 want_summary = writer is not None and step % o.log_every == 0
                 if want_summary:
                     fetch.append(self.summaries)
@@ -365,7 +369,7 @@ class Trainer:
                 losses.append(float(values[1]))
                 if want_summary:
                     writer.add_summary(values[4], step)
-                rate = (step - start_step) * self.tokens_per_step / max(time.time() - t0, 1e-9)
+                rate = (step - start_step) * self.ops.tokens_per_step / max(time.time() - t0, 1e-9)
                 bar.update(step, loss="%.3f" % values[1], aux="%.3f" % values[2],
                            lr="%.2e" % values[3], tok_s="%.0f" % rate)
                 due_steps = step % tp["checkpoint_per_steps"] == 0
@@ -385,7 +389,8 @@ class Trainer:
         return {"checkpoint": path, "step": step, "steps_run": step - start_step,
                 "final_loss": losses[-1] if losses else None,
                 "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
-                "tokens_per_second": (step - start_step) * self.tokens_per_step / max(elapsed, 1e-9),
+                "tokens_per_second":
+                    (step - start_step) * self.ops.tokens_per_step / max(elapsed, 1e-9),
                 "interrupted": stop.requested, "losses": losses}
 
     def close(self):
@@ -511,7 +516,7 @@ class Progress:
 
 def describe(trainer):
     """The start-of-run report: parameter counts and memory estimate."""
-    c = trainer.count
+    c = trainer.ops.count
     weights_bytes = 4 * (c["trainable"] + c["frozen"])
     mp = trainer.model_params
     batch, length, h = trainer.train_params["batch_size"], mp["num_contexts"], mp["num_hidden"]

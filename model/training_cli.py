@@ -212,6 +212,12 @@ def check_record_summaries(files, model_params, vocabulary=None, allow_incomplet
               "records cannot be checked" % ", ".join(unchecked), file=sys.stderr)
 
 
+def as_flags(message, names):
+    """A library message naming parameters, with those names written as the flags."""
+    import re
+    return re.sub(r"(?<![-\w])(%s)\b" % "|".join(names), r"--\1", message)
+
+
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
     """Shared by run_training.py and run_finetune.py: build options, train, report."""
     from model import train
@@ -237,6 +243,12 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
         no_token_drop=args.no_token_drop,
         ignore_parameters=list(extra_frozen) or parse_frozen(args.ignore_parameters),
         init_checkpoint=init_checkpoint, seed=args.seed, progress=not args.no_progress)
+    try:
+        # The mesh is known only later, where the trainer checks its batch split.
+        train.check_options(opts, mesh_batch=1)
+    except train.OptionError as e:
+        cli.fail(as_flags(str(e), ("spout_vector", "use_bfloat16", "use_mixed_precision",
+                                   "optimizer", "lr_schedule")))
     if args.tpu_nodes or args.use_tpu_estimator:
         summary = _train_with_estimator(args, opts)
     else:

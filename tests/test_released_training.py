@@ -54,8 +54,8 @@ def make_trainer(tmp_path, root, golden, scenario):
 def state(trainer, names):
     s = trainer.session
     s.run(trainer.copy_to_masters)
-    loss, aux, lr, step = s.run([trainer.loss, trainer.aux_loss, trainer.learning_rate,
-                                 trainer.global_step])
+    loss, aux, lr, step = s.run([trainer.ops.loss, trainer.ops.aux_loss, trainer.ops.learning_rate,
+                                 trainer.ops.global_step])
     by_name = {v.op.name: v for v in trainer.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
     values = s.run({n: by_name[n] for n in names})
     return dict(loss=loss, extra_loss=aux, learning_rate=lr, global_step=step, variables=values)
@@ -125,7 +125,7 @@ def test_released_train_step(tmp_path, released, scenario):
                 total += diff.size
             assert off <= 0.01 * total, (scenario, k, off, total)
             lr_used += got["learning_rate"]
-            trainer.session.run(trainer.train_op)
+            trainer.session.run(trainer.ops.train_op)
     finally:
         trainer.session.close()
 

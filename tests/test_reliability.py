@@ -182,7 +182,7 @@ trainer = make_trainer(%(rec)r, %(out)r, 10)
 run = trainer.session.run
 def stuck(fetches, *args, **kwargs):
     # a training step that never returns, like a read from a source that never answers
-    if isinstance(fetches, list) and trainer.train_op in fetches:
+    if isinstance(fetches, list) and trainer.ops.train_op in fetches:
         time.sleep(3600)
     return run(fetches, *args, **kwargs)
 trainer.session.run = stuck

@@ -105,7 +105,7 @@ def test_frozen_variables_are_bit_identical_and_have_no_slots(records, tmp_path)
     before = checkpoint_tensors(tmp_path / "init")
     trainer = make_trainer(records, tmp_path / "run", 5, ignore_parameters=frozen,
                            init_checkpoint=str(tmp_path / "init"))
-    assert set(frozen) <= set(trainer.frozen_names)
+    assert set(frozen) <= set(trainer.ops.frozen_names)
     trainer.run()
     trainer.close()
     after = checkpoint_tensors(tmp_path / "run")
@@ -152,10 +152,10 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale(records, tmp_path)
         wte = [v for v in tf.global_variables() if v.op.name == "model/wte"][0]
     trainer.session.run(trainer.copy_to_masters)
     before = trainer.session.run(wte)
-    trainer.session.run(trainer.train_op)
+    trainer.session.run(trainer.ops.train_op)
     trainer.session.run(trainer.copy_to_masters)
     np.testing.assert_array_equal(trainer.session.run(wte), before)
-    assert trainer.session.run(trainer.loss_scale) == pytest.approx(5e29)
+    assert trainer.session.run(trainer.ops.loss_scale) == pytest.approx(5e29)
     trainer.close()
 
 

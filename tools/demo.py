@@ -169,8 +169,9 @@ def snapshot_vocabulary(work):
         cli.require_file(source, what, "run tools/build_vocab.py")
         target = os.path.join(folder, os.path.basename(source))
         if not os.path.isfile(target) or file_sha256(target) != file_sha256(source):
-            shutil.copyfile(source, target + ".tmp")
-            os.replace(target + ".tmp", target)
+            from model.atomic import write_bytes_atomic
+            with open(source, "rb") as f:
+                write_bytes_atomic(target, f.read())
         copies.append(target)
     key = {"vocabulary_sha256": file_sha256(copies[0]), "emoji_sha256": file_sha256(copies[1])}
     return copies[0], copies[1], key
@@ -279,12 +280,13 @@ def frozen_for_finetune(tuned, work):
     Frozen, each class keeps its own input to pasts/out/kernel, which learns a
     key and value per class and layer. Returns the JSON file's path."""
     from model import network
-    with open(os.path.join(tuned, "ignore-params.json"), encoding="utf-8") as f:
+    from model.atomic import write_text_atomic
+    from model.convert import IGNORE_FILE
+    with open(os.path.join(tuned, IGNORE_FILE), encoding="utf-8") as f:
         frozen = json.load(f)
     frozen += ["pasts/mlp%d/kernel" % k for k in range(network.NUM_SPOUT_LAYERS)]
     path = os.path.join(work, "demo-finetune-frozen.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(sorted(set(frozen)), f, indent=1)
+    write_text_atomic(path, json.dumps(sorted(set(frozen)), indent=1))
     return path
 
 
