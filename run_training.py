@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import cli  # noqa: E402
-from model.training_cli import add_training_flags, train_from_args  # noqa: E402
+from model.cli_train import add_training_flags, train_from_args  # noqa: E402
 
 
 def build_parser():

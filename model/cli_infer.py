@@ -1,5 +1,5 @@
 """The inference command-line layer shared by run_generate.py and
-run_languagemodel.py (training's counterpart: model/training_cli.py).
+run_languagemodel.py (training's counterpart: model/cli_train.py).
 
 Model flags, loading a model directory (parameters, checkpoint, vocabulary),
 devices, spout parsing, and the two inference drivers: Generator (cached

@@ -270,7 +270,7 @@ def test_weight_decay_names():
 
 
 def test_train_mode_from_records(tmp_path):
-    from model import training_cli
+    from model import cli_train
     C = 8
     lm = tmp_path / "lm"
     lm.mkdir()
@@ -278,11 +278,11 @@ def test_train_mode_from_records(tmp_path):
     hy = tmp_path / "hy"
     hy.mkdir()
     _write(str(hy / "a.tfrecord"), [(np.arange(C), np.arange(C), k % 2, k) for k in range(4)])
-    assert training_cli.records_train_mode(str(lm / "*.tfrecord")) == "lm"
-    assert training_cli.records_train_mode(str(hy / "*.tfrecord")) == "hybrid"
+    assert cli_train.records_train_mode(str(lm / "*.tfrecord")) == "lm"
+    assert cli_train.records_train_mode(str(hy / "*.tfrecord")) == "hybrid"
     # A summary naming the mode wins over the sample.
     (lm / "x-summary.json").write_text(json.dumps({"options": {"mode": "mlm"}}))
-    assert training_cli.records_train_mode(str(lm / "*.tfrecord")) == "hybrid"
+    assert cli_train.records_train_mode(str(lm / "*.tfrecord")) == "hybrid"
 
 
 @pytest.mark.slow

@@ -274,7 +274,7 @@ def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path,
 def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
     import hashlib
     from model.errors import UserError
-    from model.training_cli import check_record_summaries
+    from model.cli_train import check_record_summaries
     mp = tiny_params("")["model_params"]
     rec = tmp_path / "rec"
     rec.mkdir()
@@ -348,7 +348,7 @@ def test_get_corpus_output_dir_that_is_a_file(tmp_path):
 
 def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
     from model.errors import UserError
-    from model.training_cli import check_vocabulary
+    from model.cli_train import check_vocabulary
     vocab = tmp_path / "v.txt"
     vocab.write_text("".join("t%d\n" % k for k in range(40)))
     with pytest.raises(UserError, match="must not end with a newline"):
@@ -371,7 +371,7 @@ def test_broken_emoji_table_is_named_as_the_emoji_table(tmp_path):
 
 def test_damaged_ignore_params_file_is_named_when_the_flag_was_not_given(tmp_path):
     from model.errors import UserError
-    from model.training_cli import parse_frozen
+    from model.cli_train import parse_frozen
     damaged = tmp_path / "ignore-params.json"
     damaged.write_text('["model/wte", ')
     with pytest.raises(UserError) as e:
