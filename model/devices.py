@@ -33,16 +33,21 @@ def shape_for(num_devices, num_pallarelizm, requested=None):
     """The mesh over `num_devices`: `requested` ('2x2', 'batch:2;model:2' or an
     mtf.Shape) when given, else batch x min(num_pallarelizm, num_devices)."""
     if requested is not None:
-        return meshlib.parse_mesh_shape(requested) if isinstance(requested, str) else requested
+        return parse_shape(requested)
     try:
         return meshlib.mesh_shape(num_devices, min(num_pallarelizm, num_devices))
     except ValueError as e:
         raise UserError("num_pallarelizm: %s" % e)
 
 
+def parse_shape(shape):
+    """'2x2', 'batch:2;model:2' or an mtf.Shape -> mtf.Shape."""
+    return meshlib.parse_mesh_shape(shape) if isinstance(shape, str) else shape
+
+
 def local(num_pallarelizm=1, mesh_shape=None, cpu_devices=None):
     """GPUs when visible, else the CPU split into `cpu_devices` logical devices."""
-    requested = shape_for(0, 1, mesh_shape) if mesh_shape is not None else None
+    requested = parse_shape(mesh_shape) if mesh_shape is not None else None
     n_cpu = cpu_devices or (requested.size if requested is not None else 1)
     config = meshlib.session_config(n_cpu)
     gpus = [] if cpu_devices else visible_gpus()
@@ -50,7 +55,8 @@ def local(num_pallarelizm=1, mesh_shape=None, cpu_devices=None):
         names = gpus[:requested.size] if requested is not None else gpus
     else:
         n = requested.size if requested is not None else n_cpu
-        names = [meshlib.cpu_device_names(n)[k % n_cpu] for k in range(n)]
+        cpus = meshlib.cpu_device_names(n)
+        names = [cpus[k % n_cpu] for k in range(n)]
     shape = requested if requested is not None else shape_for(len(names), num_pallarelizm)
     if len(names) < shape.size:
         raise UserError("mesh %s needs %d devices but only %d are available (more "

@@ -483,35 +483,18 @@ def output_logits(x, wte, cfg, train=False):
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
     h = swish(dense(x, w, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
-    if train:
-        return matmul_rows(to_float(h), to_float(wte), d.hidden, d.vocab, cfg) + to_float(wob)
-    return tied_logits(to_float(h), to_float(wte), cfg) + to_float(wob)
-
-
-def tied_logits(h, wte, cfg):
-    """h [..., hidden] times wte [vocab, hidden] transposed, at inference: one
-    tf.matmul with transpose_b. The einsum lowering of TensorFlow's CPU kernels
-    streams the [vocab, hidden] table noticeably slower (measured in the
-    decoding benchmark), and it is the largest matrix a decoding step reads."""
-    d = cfg.dims
-    outer = (h.shape - d.hidden).dims
-    h = ordered(h, outer + [d.hidden])
-
-    def logits(h, w):
-        shape = h.shape.as_list()
-        flat = tf.reshape(h, [-1, shape[-1]])
-        return tf.reshape(tf.matmul(flat, w, transpose_b=True), shape[:-1] + [w.shape[0]])
-
-    # The layout never splits vocab or hidden, so each slice holds the whole table.
-    return mtf.slicewise(logits, [h, wte], output_shape=mtf.Shape(outer + [d.vocab]),
-                         output_dtype=h.dtype, splittable_dims=outer)
+    h = ordered(to_float(h), (h.shape - d.hidden).dims + [d.hidden])
+    return matmul_rows(h, to_float(wte), d.hidden, d.vocab, cfg) + to_float(wob)
 
 
 def matmul_rows(x, table, hidden, rows, cfg):
-    """einsum(x, table) over `hidden` as 2-D matrix products per slice, forward and
-    backward: mtf's einsum gradients for these shapes (a contraction over batch and
-    length together into a [vocabulary, hidden] table) run markedly slower on the
-    CPU than the transposed matrix products written out here."""
+    """einsum(x, table) over `hidden` (x's last dimension) as 2-D matrix products
+    per slice, forward and backward. mtf's einsum gradients for these shapes (a
+    contraction over batch and length together into a [vocabulary, hidden] table)
+    run markedly slower on the CPU than the transposed products written out here,
+    and at inference the einsum lowering streams the [vocab, hidden] table, the
+    largest matrix a decoding step reads, slower than one tf.matmul (measured in
+    the decoding benchmark). The layout never splits vocab or hidden."""
     parts = batch_parts(x, cfg)
     if parts is None:
         return mtf.einsum([x, table], reduced_dims=[hidden])
