@@ -27,6 +27,7 @@ norms and the output layer with the whole [vocab, hidden] table, plus the
 embedding rows; the key/value cache is not counted. The rate is measured
 before and after the decoder and the faster one is used.
 """
+import argparse
 import json
 import os
 import resource
@@ -276,12 +277,24 @@ def bandwidth_rows():
     return rows
 
 
-if __name__ == "__main__":
-    if "--bandwidth-worker" in sys.argv:
+def main():
+    p = common.parser(__doc__)
+    p.add_argument("--bandwidth", action="store_true",
+                   help="only the 2.8B bandwidth check (fresh process, about 12 GB)")
+    p.add_argument("--scale", action="store_true",
+                   help="only the 2.8B peak-memory check, printed as JSON")
+    p.add_argument("--bfloat16", action="store_true", help="--scale with --use_bfloat16")
+    p.add_argument("--bandwidth-worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.bandwidth_worker:
         print(json.dumps(bandwidth_check()))
-    elif "--bandwidth" in sys.argv:
+    elif args.bandwidth:
         common.print_table(bandwidth_rows())
-    elif "--scale" in sys.argv:
-        print(json.dumps(scale_check(bfloat16="--bfloat16" in sys.argv)))
+    elif args.scale:
+        print(json.dumps(scale_check(bfloat16=args.bfloat16)))
     else:
-        common.print_table(run(quick="--quick" in sys.argv))
+        common.print_table(run(quick=args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -129,4 +129,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    common.print_table(run(quick="--quick" in sys.argv[1:]))
+    common.print_table(run(quick=common.parser(__doc__).parse_args().quick))

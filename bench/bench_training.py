@@ -137,4 +137,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    common.print_table(run(quick="--quick" in sys.argv))
+    common.print_table(run(quick=common.parser(__doc__).parse_args().quick))

@@ -1,4 +1,5 @@
 """Shared by the benchmarks: the result table and the machine description."""
+import argparse
 import os
 import platform
 import sys
@@ -44,3 +45,12 @@ def markdown_table(rows, machine_text=None):
 
 def print_table(rows):
     print(markdown_table(rows))
+
+
+def parser(doc):
+    """The command line every bench module shares when run on its own
+    (`make bench` runs them all through run_all.py)."""
+    p = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    return p

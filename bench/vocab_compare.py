@@ -26,8 +26,11 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts the repository on sys.path)
+from model.atomic import write_text_atomic  # noqa: E402
+
+REPO = common.REPO
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 HELDOUT = os.path.join(SHARED, "corpus", "ja-docs-train", "debian-reference-ja.txt")
@@ -233,7 +236,7 @@ def table(rows):
 
 
 def main():
-    quick = "--quick" in sys.argv[1:]
+    quick = common.parser(__doc__).parse_args().quick
     result = compare(quick)
     if not result:
         return 1
@@ -241,14 +244,14 @@ def main():
     text = table(rows)
     print(text)
     if not quick:
-        with open(REPORT, "w", encoding="utf-8") as f:
-            f.write("# Vocabulary comparison\n\nThis project's `ja-swe36k.txt` (built by `%s`) "
-                    "against the released GPTSAN vocabulary. Held-out text: "
-                    "`debian-reference-ja.txt` (%s characters of Debian documentation, not used "
-                    "for building); golden texts: the 43 distinct texts of "
-                    "`tokenizer_golden.jsonl` (mixed, mostly non-technical). Encoded with "
-                    "clean=False by `%s`. Produced by `python bench/vocab_compare.py`.\n\n%s\n"
-                    % (REBUILD, format_value(characters), encoder, text))
+        write_text_atomic(REPORT, (
+            "# Vocabulary comparison\n\nThis project's `ja-swe36k.txt` (built by `%s`) "
+            "against the released GPTSAN vocabulary. Held-out text: "
+            "`debian-reference-ja.txt` (%s characters of Debian documentation, not used "
+            "for building); golden texts: the 43 distinct texts of "
+            "`tokenizer_golden.jsonl` (mixed, mostly non-technical). Encoded with "
+            "clean=False by `%s`. Produced by `python bench/vocab_compare.py`.\n\n%s\n"
+            % (REBUILD, format_value(characters), encoder, text)))
         print("wrote %s" % os.path.relpath(REPORT, REPO))
     return 0
 
