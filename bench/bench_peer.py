@@ -13,7 +13,6 @@ Rows go into bench/results.md under "## PyTorch peer" (that section is replaced)
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -218,16 +217,12 @@ def run(sizes):
 
 def write(rows, load):
     import transformers
-    text = open(RESULTS, encoding="utf-8").read() if os.path.isfile(RESULTS) else "# Benchmarks\n"
-    text = re.sub(r"\n%s.*?(?=\n## |\Z)" % re.escape(SECTION), "", text, flags=re.S)
-    section = ("\n%s\n\nWritten by `make bench-peer` on %s; baseline = transformers %s "
-               "GPTSanJapanese (PyTorch, %d threads); each side in its own process, "
-               "alternating, best of %d processes x %d calls; load average before: %s.\n\n%s"
-               % (SECTION, time.strftime("%Y-%m-%d"), transformers.__version__,
-                  min(2, os.cpu_count() or 1), RUNS, REPEATS, load,
-                  common.markdown_table(rows)))
-    from model.atomic import write_text_atomic
-    write_text_atomic(RESULTS, text.rstrip("\n") + "\n" + section)
+    common.write_results(RESULTS, (
+        "Written by `make bench-peer` on %s; baseline = transformers %s GPTSanJapanese "
+        "(PyTorch, %d threads); each side in its own process, alternating, best of %d "
+        "processes x %d calls; load average before: %s.\n\n%s"
+        % (time.strftime("%Y-%m-%d"), transformers.__version__, min(2, os.cpu_count() or 1),
+           RUNS, REPEATS, load, common.markdown_table(rows))), SECTION)
 
 
 def main():

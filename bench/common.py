@@ -2,6 +2,7 @@
 import argparse
 import os
 import platform
+import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +55,24 @@ def parser(doc):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     return p
+
+
+def write_results(path, body, heading=None):
+    """Write one part of bench/results.md and keep the rest: heading None is the
+    part before the first "## " section (make bench's table), else the "## "
+    section of that heading (replaced where it is, appended when new)."""
+    from model.atomic import write_text_atomic
+    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+    parts = re.split(r"(?m)^(?=## )", text)
+    head, sections = parts[0], parts[1:]
+    if heading is None:
+        head = body
+    else:
+        new = "%s\n\n%s" % (heading, body.strip("\n"))
+        titles = [s.splitlines()[0].strip() for s in sections]
+        if heading in titles:
+            sections[titles.index(heading)] = new
+        else:
+            sections.append(new)
+    parts = [head] + sections
+    write_text_atomic(path, "\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n")

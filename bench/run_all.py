@@ -13,7 +13,6 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository on sys.path)
-from model.atomic import write_text_atomic  # noqa: E402
 
 BENCHES = ["bench_encoder", "bench_decoding", "bench_training", "bench_tfrecord"]
 
@@ -40,7 +39,8 @@ def main():
     table = common.markdown_table(rows)
     header = "# Benchmarks\n\nWritten by `make bench` on %s%s.\n\n" % (
         time.strftime("%Y-%m-%d"), " (--quick)" if args.quick else "")
-    write_text_atomic(args.output, header + table)
+    # The peer and bandwidth sections below the table are written by their own runs.
+    common.write_results(args.output, header + table)
     print(table)
     if failures:
         print("failed: %s" % ", ".join(failures), file=sys.stderr)
