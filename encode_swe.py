@@ -14,41 +14,8 @@ API
 encode_batch gives the same ids as encode, faster for many short texts (one
 call per document costs ~0.1 ms of fixed overhead).
 
-Files
------
-Vocabulary (ja-swe36k.txt): the file is split on "\n" (no trailing newline) and
-line k (0-based) is token id k.  A line with commas lists variant spellings
-(異体字) of one token, the first being the canonical form that `decode` emits; a
-line that is exactly "," is the comma token.  The last seven ids, counted from
-the vocabulary size V, are the special tokens V-7 <|startoftext|>, V-6
-<|inputmask|>, V-5 <|separator|>, V-4 <|nottoken|>, V-3 <|bagoftoken|>, V-2
-<|segmenter|>, V-1 <|endoftext|>.  The vocabulary must also hold <BR> <SP>
-<TAB> <URL> <EMAIL> <TEL> <DATE> <PRICE> <BLOCK> <KIGOU> <U2000U2BFF>, the 255
-byte tokens <|byte0|>..<|byte254|> and every emoji class token emoji.json uses;
-otherwise loading fails with a VocabularyError naming the file and line.  A
-spelling may appear on one line only.  The one exception is the released GPTSAN
-vocabulary (recognised by its SHA-256), which repeats six spellings; there, as
-in the released encoder, the later line wins.
-
-emoji.json: {"emoji": {emoji: "<|emojiN|>"}, "emoji_inv": {"<|emojiN|>": representative}}.
-
-Encoding rules (the released encoder's, reproduced exactly)
-------------------------------------------------------------
-1. " " and U+3000 -> <SP>; "\r\n", "\n", "\r" -> <BR>; "\t" -> <TAB>;
-   "—" and "−" -> "ー" (literal string replacements, in this order).
-2. Every emoji.json key -> its class token, one key at a time in the file's key
-   order (so a key containing a space, which rule 1 removed, never matches).
-3. clean=True only (`clean_text`): URLs -> <URL>, e-mail addresses -> <EMAIL>,
-   phone numbers -> <TEL>, dates -> <DATE> (two patterns), prices -> <PRICE>,
-   box-drawing and block characters (U+2500-U+259F) -> <BLOCK>, runs of <BLOCK>
-   collapsed to one.
-4. Greedy, left to right.  At a "<", the longest vocabulary entry of 3 or more
-   characters starting there wins.  Otherwise, of the entries of 1-3 characters
-   that match at the position, the lowest id wins (not the longest; equal ids:
-   the longer spelling).  A character with no entry becomes <KIGOU> (U+00A1-
-   U+00BF, U+01C0-U+01C3, U+02B9-U+0362), <U2000U2BFF> (U+2000-U+2BFF) or its
-   UTF-8 bytes as <|byteN|>.  A lone surrogate (which the released encoder
-   cannot encode at all) becomes the bytes of its "surrogatepass" UTF-8 form.
+The file formats, the encoding rules and what decode(encode(x)) normalises are
+specified in the README ("The encoder in detail").
 
 How it is fast: rule 4 at a position depends only on the next three characters,
 so every position's candidate is found at once with table lookups over the
@@ -57,22 +24,6 @@ to be followed where tokens overlap (_greedy_path).  <SP>, <BR> and <TAB> are
 written as one reserved character each, when the vocabulary and emoji table
 make that give the same ids (checked on loading).  Emoji keys and the clean
 patterns are tried only where they can match.
-
-Decoding and the normalisations of decode(encode(x))
-----------------------------------------------------
-`decode` writes each id's canonical spelling, regroups runs of byte tokens and
-decodes them as UTF-8 (invalid bytes -> U+FFFD), and maps <SP> -> " ", <BR> ->
-"\n" (or the caller's `breakline`), <TAB> -> "\t", <BLOCK> -> "▀", <KIGOU> ->
-"ǀ", <U2000U2BFF> -> "‖", <|emojiN|> -> emoji.json's representative; other
-<...> tokens are written as they are.  An id outside 0..V-1 is a ValueError
-naming it.  Hence, with clean=False, decode(encode(x)) == x after these
-normalisations: U+3000 -> " "; "\r\n" and "\r" -> "\n"; "—", "−" -> "ー";
-every emoji or kaomoji -> its class representative; a variant spelling -> the
-canonical spelling of the token it was matched as; characters without an entry
-in the <KIGOU>/<U2000U2BFF> ranges -> "ǀ"/"‖"; lone surrogates -> U+FFFD per
-byte; text that looks like a vocabulary entry starting with "<" (e.g. "<SP>",
-"<|endoftext|>") -> that token's decoding.  With clean=True, the substitutions
-of rule 3 are not undone.
 
 Command line (model/encode_cli.py)
 ----------------------------------
