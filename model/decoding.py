@@ -1,7 +1,9 @@
 """Cached autoregressive decoding inside one TensorFlow graph.
 
 The prompt goes through the network once (a padded buffer of P positions);
-its keys/values fill a fixed-size cache of num_contexts (C) positions. Then
+its keys/values fill a fixed-size cache of M = min(C, P + S) positions
+(C = num_contexts, S = the most steps one call takes: a call never writes
+past slot P + S - 2, and attention reads the whole cache at every step). Then
 an `mtf.while_loop` feeds one token per step against that cache, samples the
 next token and writes the step's keys/values into the cache in place, so
 every step costs the same whatever the output length, and no Python runs
@@ -137,6 +139,7 @@ class Decoder:
         if prompt_length > self.num_contexts:
             raise ValueError("prompt buffer %d exceeds num_contexts %d"
                              % (prompt_length, self.num_contexts))
+        self.cache_size = min(self.num_contexts, prompt_length + max_steps)
         self.sampling = sampling
         self.with_spout = with_spout
         self.activation_dtype = activation_dtype
@@ -221,7 +224,7 @@ class Decoder:
                              lengths=mtf.zeros(self.mesh, [B], tf.int32),
                              sum_logprob=mtf.zeros(self.mesh, [B], tf.float32))
         cache = KVCache(self._cache_layout(
-            mtf.pad(out["presents"], [0, C - self.prompt_length], "memory")))
+            mtf.pad(out["presents"], [0, self.cache_size - self.prompt_length], "memory")))
         token = cache.fill(after=token)
         pos = prompt_len  # sequence index of the token emitted but not yet fed
 
@@ -262,14 +265,14 @@ class Decoder:
     def _step(self, cache, last, fed, spout):
         """Feed one token per row at sequence index `fed`; return the logits and
         the token's keys/values [layers, two, batch, header, kv]."""
-        d, B, C = self.cfg.dims, self.batch, self.num_contexts
+        d, B, C, M = self.cfg.dims, self.batch, self.num_contexts, self.cache_size
         one = mtf.Dimension("length", 1)
         tokens = mtf.reshape(last, [B, one])
         positions = mtf.reshape(mtf.minimum(fed + self.spout_slots, C - 1), [B, one])
-        memory = mtf.Dimension("memory", self.spout_slots + C + 1)
+        memory = mtf.Dimension("memory", self.spout_slots + M + 1)
         slot = mtf.range(self.mesh, memory, tf.int32) - self.spout_slots
         visible = mtf.logical_or(mtf.less(slot, fed, output_shape=[B, memory]),
-                                 mtf.equal(slot, C), output_shape=[B, memory])
+                                 mtf.equal(slot, M), output_shape=[B, memory])
         out = network.model(tokens, self.cfg, pasts=cache, key_valid=mtf.cast(visible, tf.float32),
                             positions=positions, spout=spout)
         logits = mtf.reshape(out["logits"], [B, d.vocab])
