@@ -20,15 +20,12 @@ import common  # noqa: E402,F401  (puts the repository on sys.path)
 
 def write_records(path, n, length, vocab, seed=0):
     import numpy as np
-    from model.compat import tf
-    rng = np.random.RandomState(seed)
-    with tf.io.TFRecordWriter(path) as w:
-        for _ in range(n):
-            x = rng.randint(0, vocab, length)
-            feature = {"x": x, "y": np.append(x[1:], -1), "num_input": [0], "i": [0]}
-            w.write(tf.train.Example(features=tf.train.Features(feature={
-                k: tf.train.Feature(int64_list=tf.train.Int64List(value=list(map(int, v))))
-                for k, v in feature.items()})).SerializeToString())
+    from model import tfrecord
+    x = np.random.RandomState(seed).randint(0, vocab, (n, length))
+    y = np.concatenate([x[:, 1:], np.full((n, 1), -1)], 1)
+    with open(path, "wb") as f:
+        f.write(tfrecord.tfrecord_frames(tfrecord.serialize_examples(
+            {"x": x, "y": y, "num_input": np.zeros((n, 1), int), "i": np.zeros((n, 1), int)})))
 
 
 SHARED = os.path.join(os.path.dirname(common.REPO), "shared")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import numpy_gptsan as ref
+import records as record_files
 import tiny_model
 from model import convert, network, params as paramslib, runtime
 from model import devices as devicelib
@@ -69,18 +70,14 @@ def write_class_records(path, n):
     [<|startoftext|>, <|segmenter|>] + the class's sequence, class id in i.
     A bigram rule fixes everything after the first token, so the first token
     is the only thing that depends on the class, and only a spout can tell it."""
-    with tf.io.TFRecordWriter(path) as writer:
-        for k in range(n):
-            cls = k % 2
-            seq = np.concatenate([PROMPT, class_sequence(cls, C + 1 - len(PROMPT))])
-            y = seq[1:].copy()
-            y[:len(PROMPT) - 1] = -1  # no loss before the segmenter
-            features = {"x": seq[:C], "y": y, "num_input": [len(PROMPT) - 1], "i": [cls]}
-            example = tf.train.Example(features=tf.train.Features(feature={
-                key: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-                for key, values in features.items()}))
-            writer.write(example.SerializeToString())
-    return path
+    rows = []
+    for k in range(n):
+        cls = k % 2
+        seq = np.concatenate([PROMPT, class_sequence(cls, C + 1 - len(PROMPT))])
+        y = seq[1:].copy()
+        y[:len(PROMPT) - 1] = -1  # no loss before the segmenter
+        rows.append((seq[:C], y, len(PROMPT) - 1, cls))
+    return record_files.write_records(path, rows)
 
 
 def write_source(folder, params, seed, with_slots=False):

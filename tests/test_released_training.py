@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+import records as record_files
 from model import params as params_lib
 from model.compat import tf
 
@@ -184,13 +185,7 @@ def test_released_noclip_race(released, scenario):
 
 # ---- fast checks --------------------------------------------------------------
 
-def _write(path, rows):
-    with tf.io.TFRecordWriter(path) as w:
-        for x, y, n, i in rows:
-            feats = {"x": x, "y": y, "num_input": [n], "i": [i]}
-            w.write(tf.train.Example(features=tf.train.Features(feature={
-                k: tf.train.Feature(int64_list=tf.train.Int64List(value=list(map(int, v))))
-                for k, v in feats.items()})).SerializeToString())
+_write = record_files.write_records
 
 
 def test_one_batch_file_gives_that_batch_every_step(tmp_path):

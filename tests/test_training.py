@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import records as record_files
 from model import params as params_lib
 from model.compat import tf
 
@@ -22,17 +23,11 @@ C, V = 16, 40
 def write_records(path, n=64, seed=0, period=4):
     """Sequences that follow a learnable rule: token t+1 = (token t + 1) mod period + 2."""
     rng = np.random.RandomState(seed)
-    with tf.io.TFRecordWriter(path) as w:
-        for k in range(n):
-            start = rng.randint(period)
-            x = (start + np.arange(C)) % period + 2
-            y = np.append(x[1:], -1)
-            feature = {"x": x, "y": y, "num_input": [k % 3], "i": [k % 2]}
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(map(int, v))))
-                for key, v in feature.items()}))
-            w.write(ex.SerializeToString())
-    return path
+    rows = []
+    for k in range(n):
+        x = (rng.randint(period) + np.arange(C)) % period + 2
+        rows.append((x, np.append(x[1:], -1), k % 3, k % 2))
+    return record_files.write_records(path, rows)
 
 
 def tiny_params(output_dir="", **model):
