@@ -129,7 +129,7 @@ def generate_file(args, model_params, enc, spout):
 
 
 def warn_if_long(prompts, model_params):
-    C = model_params["num_contexts"]
+    C = model_params.num_contexts
     longest = max(len(p.ids) for p in prompts)
     if longest > C:
         print("note: a context is %d tokens; the model sees its last %d" % (longest, C),
@@ -145,7 +145,7 @@ def main(args):
         args.beam_width = 1
     model_params, enc = cli_infer.load(args)
     cli_infer.make_sampling(args, enc)  # bad --top_k/--top_p/--temperature fail before any graph
-    spout = cli_infer.parse_spout(args.spout, model_params.get("num_spout", 0),
+    spout = cli_infer.parse_spout(args.spout, model_params.num_spout,
                                   np.random.RandomState(args.seed))
     if args.input_file:
         return generate_file(args, model_params, enc, spout)
