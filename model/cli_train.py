@@ -213,9 +213,15 @@ def check_record_summaries(files, model_params, vocabulary=None, allow_incomplet
 
 
 def as_flags(message, names):
-    """A library message naming parameters, with those names written as the flags."""
+    """A library message naming parameters, with those names written as the flags
+    (`force=True` is the store_true flag `--force`)."""
     import re
-    return re.sub(r"(?<![-\w])(%s)\b" % "|".join(names), r"--\1", message)
+    return re.sub(r"(?<![-\w])(%s)(?:=True)?\b" % "|".join(names), r"--\1", message)
+
+
+def training_error_as_flags(error):
+    """A train.TrainingError's message with the options it names written as flags."""
+    return error.renamed(lambda template: as_flags(template, ("force", "input_files")))
 
 
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
@@ -249,10 +255,13 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
     except train.OptionError as e:
         cli.fail(as_flags(str(e), ("spout_vector", "use_bfloat16", "use_mixed_precision",
                                    "optimizer", "lr_schedule")))
-    if args.tpu_nodes or args.use_tpu_estimator:
-        summary = _train_with_estimator(args, opts)
-    else:
-        summary = _train_in_session(args, opts)
+    try:
+        if args.tpu_nodes or args.use_tpu_estimator:
+            summary = _train_with_estimator(args, opts)
+        else:
+            summary = _train_in_session(args, opts)
+    except train.TrainingError as e:
+        cli.fail(training_error_as_flags(e))
     if summary is not None:
         print(json.dumps(summary))
     return 0

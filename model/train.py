@@ -56,6 +56,21 @@ class OptionError(UserError, ValueError):
     the field's name (the command-line layer adds "--": its flags have the same names)."""
 
 
+class TrainingError(UserError):
+    """Training cannot go on until the user acts; the advice names TrainOptions fields
+    (a bool one written `force=True`). The message is kept as `template` % `values` so
+    that the command-line layer can write the fields as its flags without touching
+    the paths and record errors in the values."""
+
+    def __init__(self, template, **values):
+        super().__init__(template % values)
+        self.template, self.values = template, values
+
+    def renamed(self, rename):
+        """The message with `rename` applied to the template only."""
+        return rename(self.template) % self.values
+
+
 def check_options(opts, mesh_batch):
     """User mistakes in the options, as one-line errors before any graph is built."""
     mp, batch = opts.params.model, opts.params.train.batch_size
@@ -308,9 +323,9 @@ class Trainer:
             if loaded is None and checkpoints.has_checkpoint_files(self.opts.output_dir) \
                     and not self.opts.force:
                 self.lock.release()
-                raise UserError("%s holds checkpoint files but none can be restored; "
-                                "repair or move them, or pass --force to start from "
-                                "scratch there" % self.opts.output_dir)
+                raise TrainingError("%(output_dir)s holds checkpoint files but none can be "
+                                    "restored; repair or move them, or pass force=True to "
+                                    "start from scratch there", output_dir=self.opts.output_dir)
             if loaded is None and self.opts.init_checkpoint:
                 self._load_weights(self.opts.init_checkpoint)
             if loaded is not None and skipped:
@@ -346,7 +361,7 @@ class Trainer:
         start_step, last_save, losses = step, time.time(), []
         bar = Progress(step, o.max_training_step, o.max_seconds, o.progress)
         t0 = bar.t0
-        failure = None
+        failure, reason = None, ""
         try:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
@@ -360,10 +375,11 @@ class Trainer:
                     values = self.session.run(fetch)
                 except tf.errors.DataLossError as e:
                     # Save the steps done so far before reporting the corrupt records.
-                    failure = "corrupt training records: %s" % str(e).strip().splitlines()[0]
+                    failure = "corrupt training records: %(reason)s"
+                    reason = str(e).strip().splitlines()[0]
                     break
                 except tf.errors.OutOfRangeError:
-                    failure = "the input pipeline yielded no batch: check --input_files"
+                    failure = "the input pipeline yielded no batch: check input_files"
                     break
                 step += 1
                 losses.append(float(values[1]))
@@ -384,7 +400,8 @@ class Trainer:
         if writer is not None:
             writer.close()
         if failure:
-            raise UserError("%s (saved %s at step %d)" % (failure, path, step))
+            raise TrainingError(failure + " (saved %(path)s at step %(step)d)",
+                                reason=reason, path=path, step=step)
         elapsed = time.time() - t0
         return {"checkpoint": path, "step": step, "steps_run": step - start_step,
                 "final_loss": losses[-1] if losses else None,

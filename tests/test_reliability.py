@@ -62,6 +62,19 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_p
     assert "model.ckpt-6" in err and "resuming from" in err
 
 
+def test_training_errors_write_the_options_as_flags_on_the_command_line():
+    from model import cli_train, train
+    error = train.TrainingError("the input pipeline yielded no batch: check input_files "
+                                "(saved %(path)s at step %(step)d)",
+                                path="/runs/force/input_files/model.ckpt-3", step=3)
+    assert str(error) == ("the input pipeline yielded no batch: check input_files "
+                          "(saved /runs/force/input_files/model.ckpt-3 at step 3)")
+    # Only the advice is rewritten, never a path that happens to hold an option's name.
+    assert cli_train.training_error_as_flags(error) == (
+        "the input pipeline yielded no batch: check --input_files "
+        "(saved /runs/force/input_files/model.ckpt-3 at step 3)")
+
+
 @pytest.mark.parametrize("damage", ["empty_data", "truncated_index"])
 def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, damage):
     from model.errors import UserError
@@ -72,8 +85,12 @@ def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, da
     else:
         faults.truncate_index(prefix, keep=0.5)
     before = sha(prefix + ".index")
-    with pytest.raises(UserError, match="--force"):
+    with pytest.raises(UserError, match="force=True") as refused:
         make_trainer(records, tmp_path, 3)
+    from model import cli_train
+    assert cli_train.training_error_as_flags(refused.value) == (
+        "%s holds checkpoint files but none can be restored; repair or move them, or pass "
+        "--force to start from scratch there" % tmp_path)
     assert sha(prefix + ".index") == before
     trainer = make_trainer(records, tmp_path, 3, force=True)
     assert trainer.step() == 0
