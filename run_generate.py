@@ -94,18 +94,10 @@ def generate_one(args, model_params, enc, spout):
     return 0
 
 
-def read_contexts(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except UnicodeDecodeError:
-        cli.fail("input file %s is not UTF-8 text" % path)
-
-
 def generate_file(args, model_params, enc, spout):
     from tqdm import tqdm
     from model import text
-    contexts = read_contexts(args.input_file)
+    contexts = cli.read_lines(args.input_file)
     if not contexts:
         cli.fail("input file %s holds no contexts" % args.input_file)
     prompts = [text.Prompt(c, enc, args.prefix) for c in contexts]

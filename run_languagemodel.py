@@ -105,8 +105,7 @@ def analyse_one(args, model_params, enc):
 
 def analyse_file(args, model_params, enc):
     from tqdm import tqdm
-    with open(args.input_file, encoding="utf-8", errors="strict") as f:
-        texts = f.read().splitlines()
+    texts = cli.read_lines(args.input_file)
     if not texts:
         cli.fail("input file %s holds no texts" % args.input_file)
     queries = cli_infer.make_queries(args, model_params, enc, texts)
@@ -123,11 +122,8 @@ def analyse_file(args, model_params, enc):
 def main(args):
     check_args(args)
     model_params, enc = cli_infer.load(args)
-    try:
-        if args.input_file:
-            return analyse_file(args, model_params, enc)
-    except UnicodeDecodeError:
-        cli.fail("input file %s is not UTF-8 text" % args.input_file)
+    if args.input_file:
+        return analyse_file(args, model_params, enc)
     return analyse_one(args, model_params, enc)
 
 

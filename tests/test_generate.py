@@ -285,7 +285,10 @@ def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
     wrong_shape = copy_model(model_dir, tmp_path / "wide", num_hidden=32)
     short = tmp_path / "short.npy"
     np.save(short, np.zeros(3, np.float32))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
     cases = [
+        (base + ["--input_file", str(latin)], "input file %s is not UTF-8 text" % latin),
         (["--model", str(tmp_path / "missing"), *vocab_flags], "model directory not found"),
         (["--model", str(empty), *vocab_flags], "no 'checkpoint' file"),
         (["--model", no_spout, *vocab_flags, "--spout", "2"], "no spout weights"),

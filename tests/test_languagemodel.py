@@ -134,8 +134,11 @@ def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
     paramslib.save(paramslib.load(model_dir), str(empty))
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join("t%d" % i for i in range(100)), encoding="utf-8")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
     base = ["--model", model_dir, *vocab_flags]
     cases = [
+        (base + ["--input_file", str(latin)], "input file %s is not UTF-8 text" % latin),
         (base + ["--context", "あ", "--pos_vector", "3"], "outside the input"),
         (base + ["--context", "あ", "--mask", ""], "--mask must not be empty"),
         (base, "exactly one of --context and --input_file"),
