@@ -59,20 +59,20 @@ def frozen_variables(args):
 
 
 def apply_overrides(params, args):
-    train = params["train_params"]
+    changes = {}
     if args.batch_size is not None:
         if args.batch_size < 1:
             cli.fail("--batch_size must be at least 1, got %d" % args.batch_size)
-        train["batch_size"] = args.batch_size
+        changes["batch_size"] = args.batch_size
     if args.base_lr is not None:
         if args.base_lr <= 0:
             cli.fail("--base_lr must be positive, got %g" % args.base_lr)
-        train["base_lr"] = args.base_lr
+        changes["base_lr"] = args.base_lr
     if args.num_warmup_steps is not None:
         if args.num_warmup_steps < 0:
             cli.fail("--num_warmup_steps must be >= 0, got %d" % args.num_warmup_steps)
-        train["num_warmup_steps"] = args.num_warmup_steps
-    return params
+        changes["num_warmup_steps"] = args.num_warmup_steps
+    return params.with_train(**changes)
 
 
 def main(args):
@@ -80,7 +80,7 @@ def main(args):
     params = apply_overrides(params_lib.load_model_dir(args.model), args)
     frozen = frozen_variables(args)
     output_dir = args.output_dir or args.model
-    params["train_params"]["output_dir"] = output_dir
+    params = params.with_train(output_dir=output_dir)
     # In the model directory itself the Trainer starts from the converted
     # weights (a checkpoint without optimizer state); elsewhere it loads them
     # from the model directory unless output_dir already has its own checkpoint.

@@ -94,18 +94,10 @@ def generate_one(args, model_params, enc, spout):
     return 0
 
 
-def read_contexts(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except UnicodeDecodeError:
-        cli.fail("input file %s is not UTF-8 text" % path)
-
-
 def generate_file(args, model_params, enc, spout):
     from tqdm import tqdm
     from model import text
-    contexts = read_contexts(args.input_file)
+    contexts = cli.read_lines(args.input_file)
     if not contexts:
         cli.fail("input file %s holds no contexts" % args.input_file)
     prompts = [text.Prompt(c, enc, args.prefix) for c in contexts]
@@ -129,7 +121,7 @@ def generate_file(args, model_params, enc, spout):
 
 
 def warn_if_long(prompts, model_params):
-    C = model_params["num_contexts"]
+    C = model_params.num_contexts
     longest = max(len(p.ids) for p in prompts)
     if longest > C:
         print("note: a context is %d tokens; the model sees its last %d" % (longest, C),
@@ -145,7 +137,7 @@ def main(args):
         args.beam_width = 1
     model_params, enc = cli_infer.load(args)
     cli_infer.make_sampling(args, enc)  # bad --top_k/--top_p/--temperature fail before any graph
-    spout = cli_infer.parse_spout(args.spout, model_params.get("num_spout", 0),
+    spout = cli_infer.parse_spout(args.spout, model_params.num_spout,
                                   np.random.RandomState(args.seed))
     if args.input_file:
         return generate_file(args, model_params, enc, spout)

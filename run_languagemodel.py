@@ -82,15 +82,14 @@ def print_result(result):
 
 def notes(args, model_params, queries):
     """One-line notes on stderr about what the released semantics did to the input."""
-    from model import params
-    if not params.fills_masks(model_params) and any(args.mask in q.text for q in queries):
+    if not model_params.fills_masks and any(args.mask in q.text for q in queries):
         print("note: this model's parameters.json says train_mode \"%s\": %r is read as "
               "text and nothing is filled; train_mode \"hybrid\" enables mask filling"
-              % (model_params.get("train_mode"), args.mask), file=sys.stderr)
+              % (model_params.train_mode, args.mask), file=sys.stderr)
     cut = sum(q.truncated for q in queries)
     if cut:
         print("note: %d text(s) longer than the model's %d positions were cut to the first "
-              "%d" % (cut, model_params["num_contexts"], model_params["num_contexts"]),
+              "%d" % (cut, model_params.num_contexts, model_params.num_contexts),
               file=sys.stderr)
 
 
@@ -106,8 +105,7 @@ def analyse_one(args, model_params, enc):
 
 def analyse_file(args, model_params, enc):
     from tqdm import tqdm
-    with open(args.input_file, encoding="utf-8", errors="strict") as f:
-        texts = f.read().splitlines()
+    texts = cli.read_lines(args.input_file)
     if not texts:
         cli.fail("input file %s holds no texts" % args.input_file)
     queries = cli_infer.make_queries(args, model_params, enc, texts)
@@ -124,11 +122,8 @@ def analyse_file(args, model_params, enc):
 def main(args):
     check_args(args)
     model_params, enc = cli_infer.load(args)
-    try:
-        if args.input_file:
-            return analyse_file(args, model_params, enc)
-    except UnicodeDecodeError:
-        cli.fail("input file %s is not UTF-8 text" % args.input_file)
+    if args.input_file:
+        return analyse_file(args, model_params, enc)
     return analyse_one(args, model_params, enc)
 
 

@@ -30,11 +30,10 @@ def main(args):
         params = params_lib.load(cli.require_file(args.parameter_file, "parameter file"))
     except params_lib.ParameterError as e:
         cli.fail(str(e))
-    output_dir = args.output_dir or params["train_params"]["output_dir"]
+    output_dir = args.output_dir or params.train.output_dir
     if not output_dir:
         cli.fail("no output directory: pass --output_dir or set train_params.output_dir")
-    params["train_params"]["output_dir"] = output_dir
-    return train_from_args(args, params, output_dir)
+    return train_from_args(args, params.with_train(output_dir=output_dir), output_dir)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ class RecomputeDecoder:
     def __init__(self, model_params, batch_size, length, devices=None, with_spout=False,
                  bucketed=False):
         self.params = model_params
-        self.num_contexts = model_params["num_contexts"]
+        self.num_contexts = model_params.num_contexts
         self.batch_size, self.length = batch_size, min(length, self.num_contexts)
         self.devices, self.with_spout, self.bucketed = devices, with_spout, bucketed
         self.forwards = {}

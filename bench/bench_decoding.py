@@ -52,7 +52,7 @@ RELEASED_2_8B = dict(num_contexts=1280, num_switch_layers=10, num_ext_layers=0, 
 
 def model_params(name):
     from model import params as paramslib
-    return paramslib.default_params(num_vocabulary=36000, **CONFIGS[name])["model_params"]
+    return paramslib.default_params(num_vocabulary=36000, **CONFIGS[name]).model
 
 
 def prompts(batch, length=PROMPT):
@@ -67,7 +67,7 @@ class CachedRun:
         self.batch, self.max_generate, self.stamps = batch, max_generate, []
         self.decoder = decoding.Decoder(
             params, batch,
-            decoding.prompt_buffer_length(PROMPT, max_generate, params["num_contexts"]),
+            decoding.prompt_buffer_length(PROMPT, max_generate, params.num_contexts),
             max_generate, decoding.Sampling(top_k=1),
             on_emit=lambda step, tokens, active: self.stamps.append(time.perf_counter()))
         self.decoder.init_random()
@@ -126,7 +126,7 @@ def run(quick=False):
         params = model_params(name)
         p = params
         label = "%s (C%d, %d switch layers, H%d, E%d)" % (
-            name, p["num_contexts"], p["num_switch_layers"], p["num_hidden"], p["num_experts"])
+            name, p.num_contexts, p.num_switch_layers, p.num_hidden, p.num_experts)
         for batch in (1, 4):
             # Timed before and after the baseline: the load on a shared machine drifts.
             cached = CachedRun(params, batch, max_generate)
@@ -159,7 +159,7 @@ def scale_check(bfloat16=False, tokens=8):
     from model import decoding, network
     from model import params as paramslib
     from model.compat import tf
-    params = paramslib.default_params(**RELEASED_2_8B)["model_params"]
+    params = paramslib.default_params(**RELEASED_2_8B).model
     weights = 4 * network.count_parameters(params)
     t = time.time()
     dec = decoding.Decoder(params, 1, 8, tokens, decoding.Sampling(top_k=1),
@@ -201,8 +201,8 @@ def decode_bytes_per_token(model_params, rows=1):
     """Float32 weight bytes one decoding step of `rows` rows reads, reading only
     the routed expert of every row (at most all experts)."""
     p = model_params
-    v, c, h, e = p["num_vocabulary"], p["num_contexts"], p["num_hidden"], p["num_experts"]
-    s, x = p["num_switch_layers"], p["num_ext_layers"]
+    v, c, h, e = p.num_vocabulary, p.num_contexts, p.num_hidden, p.num_experts
+    s, x = p.num_switch_layers, p.num_ext_layers
     attention_and_norms = 4 * h * h + 4 * h
     switch = h * e + min(rows, e) * 2 * 8 * h * h + h * h
     ext = 8 * h * h + 5 * h
@@ -235,7 +235,7 @@ def bandwidth_check(batches=(1, 4), tokens=24):
     import gc
     from model import decoding
     from model import params as paramslib
-    params = paramslib.default_params(**RELEASED_2_8B)["model_params"]
+    params = paramslib.default_params(**RELEASED_2_8B).model
     rates = [matvec_rate()]
     out = {"batches": {}}
     for batch in batches:

@@ -11,6 +11,7 @@ The released 2.8B size takes very long on a CPU: it runs only with --big.
 Rows go into bench/results.md under "## PyTorch peer" (that section is replaced).
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,12 +39,12 @@ SECTION = "## PyTorch peer"
 
 def model_params(config):
     from model import params as params_lib
-    return params_lib.default_params(num_vocabulary=36000, **config)["model_params"]
+    return params_lib.default_params(num_vocabulary=36000, **config).model
 
 
 def describe(c):
-    return "C%d %d switch layers H%d E%d" % (c["num_contexts"], c["num_switch_layers"],
-                                             c["num_hidden"], c["num_experts"])
+    return "C%d %d switch layers H%d E%d" % (c.num_contexts, c.num_switch_layers,
+                                             c.num_hidden, c.num_experts)
 
 
 def prompt(length):
@@ -56,7 +57,7 @@ class OursDecode:
         from model import decoding
         self.prompt_len, self.new = prompt_len, new
         self.decoder = decoding.Decoder(
-            mp, 1, decoding.prompt_buffer_length(prompt_len, new, mp["num_contexts"]), new,
+            mp, 1, decoding.prompt_buffer_length(prompt_len, new, mp.num_contexts), new,
             decoding.Sampling(top_k=1))
         self.decoder.init_random()
         self()  # warm-up
@@ -75,9 +76,9 @@ class OursTrain:
         from bench_training import write_records
         from model import devices as devicelib
         from model import params as params_lib, train
-        params = params_lib.default_params(**{k: v for k, v in mp.items()})
-        params["train_params"]["batch_size"] = TRAIN_BATCH
-        self.length = mp["num_contexts"]
+        params = dataclasses.replace(params_lib.default_params(), model=mp) \
+            .with_train(batch_size=TRAIN_BATCH)
+        self.length = mp.num_contexts
         self.folder = tempfile.TemporaryDirectory()
         d = self.folder.name
         write_records(os.path.join(d, "r.tfrecord"), 64, self.length, 36000)
@@ -104,12 +105,12 @@ def peer_model(mp):
     import torch
     import transformers
     torch.manual_seed(0)
-    H = mp["num_hidden"]
+    H = mp.num_hidden
     config = transformers.GPTSanJapaneseConfig(
-        vocab_size=mp["num_vocabulary"], max_position_embeddings=mp["num_contexts"], d_model=H,
-        d_ff=8 * H, d_ext=4 * H, d_spout=0, num_switch_layers=mp["num_switch_layers"],
-        num_ext_layers=0, num_heads=mp["num_header"], num_experts=mp["num_experts"],
-        expert_capacity=mp["num_contexts"])
+        vocab_size=mp.num_vocabulary, max_position_embeddings=mp.num_contexts, d_model=H,
+        d_ff=8 * H, d_ext=4 * H, d_spout=0, num_switch_layers=mp.num_switch_layers,
+        num_ext_layers=0, num_heads=mp.num_header, num_experts=mp.num_experts,
+        expert_capacity=mp.num_contexts)
     return transformers.GPTSanJapaneseForConditionalGeneration(config)
 
 
@@ -153,7 +154,7 @@ class PeerTrain:
         self.model = peer_model(mp).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.generator = torch.Generator().manual_seed(0)
-        self.length = mp["num_contexts"]
+        self.length = mp.num_contexts
         for _ in range(3):
             self.step()
 

@@ -65,9 +65,8 @@ def layout_rows(quick=False):
             positions = stats["examples"] * DEMO_SHAPE["num_contexts"]
             shares[layout] = (stats["padding_tokens"] / positions,
                               stats["target_tokens"] / positions, stats["examples"])
-            params = params_lib.default_params(num_vocabulary=36000, **DEMO_SHAPE)
-            params["train_params"]["batch_size"] = DEMO_BATCH
-            params["model_params"]["train_mode"] = "hybrid"
+            params = params_lib.default_params(num_vocabulary=36000, **DEMO_SHAPE) \
+                .with_train(batch_size=DEMO_BATCH).with_model(train_mode="hybrid")
             opts = train.TrainOptions(
                 params=params, input_files=os.path.join(d, layout, "*.tfrecord"),
                 output_dir=os.path.join(d, layout + "-out"), max_training_step=3,
@@ -112,8 +111,8 @@ def run(quick=False):
     from model import devices as devicelib
     length, vocab = 256, 36000
     params = params_lib.default_params(num_contexts=length, num_switch_layers=4, num_hidden=256,
-                                       num_header=8, num_experts=8, num_vocabulary=vocab)
-    params["train_params"]["batch_size"] = 8
+                                       num_header=8, num_experts=8,
+                                       num_vocabulary=vocab).with_train(batch_size=8)
     warmup, steps = (2, 4) if quick else (3, 15)
     with tempfile.TemporaryDirectory() as d:
         write_records(os.path.join(d, "r.tfrecord"), 64, length, vocab)

@@ -53,6 +53,16 @@ def require_file(path, what, hint=""):
     return path
 
 
+def read_lines(path, what="input file"):
+    """The lines of a UTF-8 text file, without their line ends; a file in another
+    encoding is one clear error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError:
+        fail("%s %s is not UTF-8 text" % (what, path))
+
+
 def check_output_file(path, force, flag="--output"):
     """Before any work: an output path that is a directory, exists without --force,
     or sits in a directory that cannot be written is one clear error."""

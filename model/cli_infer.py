@@ -50,7 +50,7 @@ def load_model_params(model_dir):
     user mistakes become UserError before any graph is built."""
     from model import graph as graphlib
     from model import params as paramslib
-    model_params = paramslib.load_model_dir(model_dir)["model_params"]
+    model_params = paramslib.load_model_dir(model_dir).model
     graphlib.latest_checkpoint(model_dir)
     return model_params
 
@@ -93,12 +93,12 @@ def load(args):
     check_tpu(args.tpu_nodes)
     model_params = load_model_params(args.model)
     return model_params, load_vocabulary(args.vocabulary, args.emoji,
-                                         model_params["num_vocabulary"])
+                                         model_params.num_vocabulary)
 
 
 def devices(args, model_params):
     from model import devices as devicelib
-    return devicelib.local(model_params["num_pallarelizm"], mesh_shape=args.mesh_shape,
+    return devicelib.local(model_params.num_pallarelizm, mesh_shape=args.mesh_shape,
                            cpu_devices=args.cpu_devices)
 
 
@@ -195,7 +195,7 @@ class Generator:
         from model import decoding
         from model.compat import tf
         self.args, self.spout, self.rows_per_prompt = args, spout, rows_per_prompt
-        C = model_params["num_contexts"]
+        C = model_params.num_contexts
         longest = max(len(p.ids) for p in prompts)
         prompts_per_batch = min(len(prompts), args.batch_size) if args.input_file else 1
         self.batch_size = rows_per_prompt * prompts_per_batch
@@ -229,10 +229,9 @@ class Generator:
 
 # ---------------------------------------------------------------- scoring
 def make_queries(args, model_params, enc, texts):
-    from model import params
     try:
-        return [text.Query(t, enc, args.mask, args.pos_vector, model_params["num_contexts"],
-                           params.fills_masks(model_params)) for t in texts]
+        return [text.Query(t, enc, args.mask, args.pos_vector, model_params.num_contexts,
+                           model_params.fills_masks) for t in texts]
     except ValueError as e:
         cli.fail("--%s" % e)
 
@@ -267,7 +266,7 @@ def score_all(args, model_params, enc, queries, on_done=lambda n: None):
     depends on the sequence length, so with it each length runs at that length;
     without it, padding never changes a row's result and one graph serves all."""
     from model import decoding
-    C = model_params["num_contexts"]
+    C = model_params.num_contexts
     B = min(args.batch_size, len(queries))
     if args.no_token_drop:
         groups = {decoding.bucket(max(len(q.ids) for q in queries), C): list(range(len(queries)))}

@@ -130,7 +130,7 @@ def check_vocabulary(path, model_params):
         return
     cli.require_file(path, "vocabulary file")
     from model import cli_infer
-    cli_infer.check_vocabulary_size(path, model_params["num_vocabulary"])
+    cli_infer.check_vocabulary_size(path, model_params.num_vocabulary)
 
 
 def record_summaries(files):
@@ -200,10 +200,10 @@ def check_record_summaries(files, model_params, vocabulary=None, allow_incomplet
                      "finish; rebuild them, or pass --allow_incomplete_records" % path)
         vocab = summary.get("vocabulary") or {}
         size = vocab.get("size")
-        if size is not None and size != model_params["num_vocabulary"]:
+        if size is not None and size != model_params.num_vocabulary:
             cli.fail("records in %s were made with a vocabulary of %d ids but the model "
                      "has num_vocabulary %d (%s)" % (folder, size,
-                                                     model_params["num_vocabulary"], path))
+                                                     model_params.num_vocabulary, path))
         if vocab_sha and vocab.get("sha256") and vocab["sha256"] != vocab_sha:
             cli.fail("records in %s were made with another vocabulary than %s (sha256 "
                      "differs; %s)" % (folder, vocabulary, path))
@@ -213,9 +213,15 @@ def check_record_summaries(files, model_params, vocabulary=None, allow_incomplet
 
 
 def as_flags(message, names):
-    """A library message naming parameters, with those names written as the flags."""
+    """A library message naming parameters, with those names written as the flags
+    (`force=True` is the store_true flag `--force`)."""
     import re
-    return re.sub(r"(?<![-\w])(%s)\b" % "|".join(names), r"--\1", message)
+    return re.sub(r"(?<![-\w])(%s)(?:=True)?\b" % "|".join(names), r"--\1", message)
+
+
+def training_error_as_flags(error):
+    """A train.TrainingError's message with the options it names written as flags."""
+    return error.renamed(lambda template: as_flags(template, ("force", "input_files")))
 
 
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
@@ -223,15 +229,15 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
     from model import train
 
     validate_flags(args, output_dir)
-    check_vocabulary(args.vocabulary, params["model_params"])
+    check_vocabulary(args.vocabulary, params.model)
     from model import inputs
-    files = inputs.check_record_files(args.input_files, params["model_params"]["num_contexts"])
-    check_record_summaries(files, params["model_params"], args.vocabulary,
+    files = inputs.check_record_files(args.input_files, params.model.num_contexts)
+    check_record_summaries(files, params.model, args.vocabulary,
                            args.allow_incomplete_records)
     # Inference scripts fill masks only for train_mode hybrid; an existing value
     # (a released or resumed directory) is kept.
-    if "train_mode" not in params["model_params"]:
-        params["model_params"]["train_mode"] = records_train_mode(args.input_files)
+    if params.model.train_mode is None:
+        params = params.with_model(train_mode=records_train_mode(args.input_files))
     opts = train.TrainOptions(
         params=params, force=args.force, input_files=args.input_files, output_dir=output_dir,
         max_training_step=args.max_training_step, max_seconds=60.0 * args.max_minutes,
@@ -249,10 +255,13 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
     except train.OptionError as e:
         cli.fail(as_flags(str(e), ("spout_vector", "use_bfloat16", "use_mixed_precision",
                                    "optimizer", "lr_schedule")))
-    if args.tpu_nodes or args.use_tpu_estimator:
-        summary = _train_with_estimator(args, opts)
-    else:
-        summary = _train_in_session(args, opts)
+    try:
+        if args.tpu_nodes or args.use_tpu_estimator:
+            summary = _train_with_estimator(args, opts)
+        else:
+            summary = _train_in_session(args, opts)
+    except train.TrainingError as e:
+        cli.fail(training_error_as_flags(e))
     if summary is not None:
         print(json.dumps(summary))
     return 0
@@ -262,7 +271,7 @@ def _train_in_session(args, opts):
     from model import devices as devicelib
     from model import train
 
-    opts.devices = devicelib.resolve(opts.params["model_params"]["num_pallarelizm"],
+    opts.devices = devicelib.resolve(opts.params.model.num_pallarelizm,
                                      args.mesh_shape, args.cpu_devices, args.worker_hosts,
                                      args.task_index)
     if opts.devices is None:  # a non-chief worker served its devices until the chief finished
@@ -289,7 +298,7 @@ def _train_with_estimator(args, opts):
         cli.fail("--iterations_per_loop must be at least 1")
     if args.worker_hosts:
         cli.fail("--worker_hosts is for GPU/CPU clusters; a TPU brings its own hosts")
-    shape, master = devicelib.tpu_mesh(opts.params["model_params"]["num_pallarelizm"],
+    shape, master = devicelib.tpu_mesh(opts.params.model.num_pallarelizm,
                                        args.tpu_nodes, args.mesh_shape, args.cpu_devices)
     print("TPUEstimator, mesh %s on %s" % (shape, master or "the host CPU"), file=sys.stderr)
     from model import checkpoints

@@ -93,18 +93,13 @@ def find_source(path):
 
 def converted_params(src_params, add_layers, num_spout, output_dir):
     """SRC's parameters.json with the extension layers and spout added."""
-    params = {"train_params": dict(src_params["train_params"]),
-              "model_params": dict(src_params["model_params"])}
-    model = params["model_params"]
-    model["num_ext_layers"] += add_layers
-    have = model.get("num_spout", 0)
+    have = src_params.model.num_spout
     if num_spout and have and num_spout != have:
         raise UserError("the source already has a spout of size %d; num_spout %d would "
                         "replace it (leave num_spout at 0 to keep it)" % (have, num_spout))
-    if num_spout:
-        model["num_spout"] = num_spout
-    params["train_params"]["output_dir"] = output_dir
-    return params_lib.validate(params, "converted parameters")
+    params = src_params.with_model(num_ext_layers=src_params.model.num_ext_layers + add_layers,
+                                   num_spout=num_spout or have)
+    return params.with_train(output_dir=output_dir).checked("converted parameters")
 
 
 def model_variable_shapes(model_params):
@@ -323,8 +318,8 @@ def convert(src, dst, add_layers=0, num_spout=0, init="identity", seed=0,
     except params_lib.ParameterError as e:
         raise UserError(str(e))
     dst_params = converted_params(src_params, add_layers, num_spout, dst)
-    stored = graphlib.check_checkpoint(prefix, model_variable_shapes(src_params["model_params"]))
-    dst_shapes = model_variable_shapes(dst_params["model_params"])
+    stored = graphlib.check_checkpoint(prefix, model_variable_shapes(src_params.model))
+    dst_shapes = model_variable_shapes(dst_params.model)
     reader = tf.train.load_checkpoint(prefix)
     entries = plan(reader, stored, dst_shapes, init, seed, keep_optimizer_state)
     frozen = frozen_names(entries, dst_shapes, freeze_spout)
@@ -364,8 +359,8 @@ def summary(prefix, dst, entries, dst_shapes, frozen, dst_params):
         by_origin[e.origin] = by_origin.get(e.origin, 0) + 1
     return {"source": prefix, "output": dst,
             "checkpoint": os.path.join(dst, CHECKPOINT_NAME),
-            "num_layers": params_lib.num_layers(dst_params["model_params"]),
-            "num_spout": dst_params["model_params"].get("num_spout", 0),
+            "num_layers": dst_params.model.num_layers,
+            "num_spout": dst_params.model.num_spout,
             "parameters": sum(size.values()),
             "frozen_parameters": frozen_count,
             "trainable_parameters": sum(size.values()) - frozen_count,

@@ -135,7 +135,7 @@ class Decoder:
                  devices=None, with_spout=False, activation_dtype=tf.float32, on_emit=None):
         self.params = model_params
         self.batch_size, self.prompt_length, self.max_steps = batch_size, prompt_length, max_steps
-        self.num_contexts = model_params["num_contexts"]
+        self.num_contexts = model_params.num_contexts
         if prompt_length > self.num_contexts:
             raise ValueError("prompt buffer %d exceeds num_contexts %d"
                              % (prompt_length, self.num_contexts))
@@ -144,7 +144,7 @@ class Decoder:
         self.with_spout = with_spout
         self.activation_dtype = activation_dtype
         self.on_emit = on_emit
-        self.devices = devices or devicelib.local(model_params["num_pallarelizm"])
+        self.devices = devices or devicelib.local(model_params.num_pallarelizm)
         self.graph = tf.Graph()
         with self.graph.as_default():
             self._build()

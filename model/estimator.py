@@ -63,12 +63,12 @@ def model_fn_for(opts, mesh_shape, cpu_devices):
         step = train.build_train_step(opts, features, mesh_shape, impl)
         if opts.init_checkpoint:
             _init_from(opts.init_checkpoint)
-        saver = tf.train.Saver(max_to_keep=opts.params["train_params"]["max_to_keep_save"],
+        saver = tf.train.Saver(max_to_keep=opts.params.train.max_to_keep_save,
                                sharded=True, save_relative_paths=True)
         tf.add_to_collection(tf.GraphKeys.SAVERS, saver)
-        tp = opts.params["train_params"]
+        tp = opts.params.train
         saver_hook = tf.train.CheckpointSaverHook(
-            opts.output_dir, save_steps=tp["checkpoint_per_steps"], saver=saver,
+            opts.output_dir, save_steps=tp.checkpoint_per_steps, saver=saver,
             listeners=[mtf.MtfCheckpointSaverListener(step.lowering)])
         values = [step.loss, step.aux_loss, step.learning_rate]
         host_call = (_write_summaries(opts.output_dir),
@@ -103,12 +103,12 @@ def _init_from(path):
 
 
 def input_fn_for(opts):
-    mp = opts.params["model_params"]
+    mp = opts.params.model
 
     def input_fn(params):
         # BROADCAST input: params["batch_size"] is the global batch on every host.
         return inputs_lib.read_dataset(opts.input_files, params["batch_size"],
-                                       mp["num_contexts"], shuffle=True, seed=opts.seed,
+                                       mp.num_contexts, shuffle=True, seed=opts.seed,
                                        repeat=True)
 
     return input_fn
@@ -149,26 +149,26 @@ def check_resumable(output_dir):
 def train_with_estimator(opts, mesh_shape, master=None, iterations_per_loop=100):
     """Train to opts.max_training_step through TPUEstimator; a TPU when `master`
     is given, else the host CPU. Returns the same summary keys as Trainer.run."""
-    tp, mp = opts.params["train_params"], opts.params["model_params"]
+    tp, mp = opts.params.train, opts.params.model
     train.check_options(opts, mesh_shape.dims[0].size)
     resumed = check_resumable(opts.output_dir)
     if resumed:
         opts.init_checkpoint = None  # the estimator resumes from output_dir itself
     use_tpu = master is not None
-    devices = devicelib.local(mp["num_pallarelizm"], mesh_shape, mesh_shape.size)
+    devices = devicelib.local(mp.num_pallarelizm, mesh_shape, mesh_shape.size)
     run_config = tf.estimator.tpu.RunConfig(
         master=master, model_dir=opts.output_dir,
         session_config=None if use_tpu else devices.config,
         tf_random_seed=opts.seed,
         save_checkpoints_steps=None, save_checkpoints_secs=None,
-        keep_checkpoint_max=tp["max_to_keep_save"], log_step_count_steps=None,
+        keep_checkpoint_max=tp.max_to_keep_save, log_step_count_steps=None,
         tpu_config=tf.estimator.tpu.TPUConfig(
             iterations_per_loop=iterations_per_loop, num_cores_per_replica=1,
             num_shards=mesh_shape.size if use_tpu else None,
             per_host_input_for_training=tf.estimator.tpu.InputPipelineConfig.BROADCAST))
     estimator = tf.estimator.tpu.TPUEstimator(
         model_fn=model_fn_for(opts, mesh_shape, devices.devices), config=run_config,
-        use_tpu=use_tpu, train_batch_size=tp["batch_size"])
+        use_tpu=use_tpu, train_batch_size=tp.batch_size)
     start_step = _checkpoint_step(opts.output_dir)
     stop = _StopHook(opts.max_seconds)
     t0 = time.time()
@@ -181,7 +181,7 @@ def train_with_estimator(opts, mesh_shape, master=None, iterations_per_loop=100)
             "steps_run": step - start_step, "resumed_from": resumed,
             "final_loss": losses[-1] if losses else None,
             "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-            "tokens_per_second": (step - start_step) * tp["batch_size"] * mp["num_contexts"]
+            "tokens_per_second": (step - start_step) * tp.batch_size * mp.num_contexts
             / max(elapsed, 1e-9),
             "interrupted": stop.requested, "losses": losses}
 

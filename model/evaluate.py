@@ -65,7 +65,7 @@ def _mean_loss(forward, data, batch_size, spout=None, first_positions=None):
 
 
 def _load(pattern, model_params, max_examples):
-    data = read_records(pattern, model_params["num_contexts"], max_examples)
+    data = read_records(pattern, model_params.num_contexts, max_examples)
     if not len(data[0]):
         raise ValueError("no records match %s" % pattern)
     return data
@@ -81,10 +81,10 @@ def heldout_loss(model_dir, pattern, max_examples=64, batch_size=4, spout=None,
     first_positions: count only targets at positions < this (where an example's
     own text says least about its class, so a spout matters most).
     """
-    model_params = params_lib.load(model_dir)["model_params"]
-    vector = spoutlib.vector(spout, model_params.get("num_spout", 0))
+    model_params = params_lib.load(model_dir).model
+    vector = spoutlib.vector(spout, model_params.num_spout)
     data = _load(pattern, model_params, max_examples)
-    forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
+    forward = runtime.Forward(model_params, batch_size, model_params.num_contexts,
                               with_spout=vector is not None).restore(model_dir)
     try:
         return _mean_loss(forward, data, batch_size, vector, first_positions)
@@ -96,12 +96,12 @@ def spout_loss_table(model_dir, patterns, spouts, max_examples=64, batch_size=4,
                      first_positions=None):
     """table[r][c] = heldout_loss(model_dir, patterns[r], spout=spouts[c]), with
     one graph for the whole table (spouts must not be None)."""
-    model_params = params_lib.load(model_dir)["model_params"]
-    vectors = [spoutlib.vector(s, model_params.get("num_spout", 0)) for s in spouts]
+    model_params = params_lib.load(model_dir).model
+    vectors = [spoutlib.vector(s, model_params.num_spout) for s in spouts]
     if any(v is None for v in vectors):
         raise ValueError("spout_loss_table needs a spout for every column")
     datasets = [_load(p, model_params, max_examples) for p in patterns]
-    forward = runtime.Forward(model_params, batch_size, model_params["num_contexts"],
+    forward = runtime.Forward(model_params, batch_size, model_params.num_contexts,
                               with_spout=True).restore(model_dir)
     try:
         return [[_mean_loss(forward, data, batch_size, v, first_positions) for v in vectors]

@@ -17,7 +17,6 @@ import numpy as np
 
 from model import mesh as meshlib
 from model.compat import mtf, mtf_moe, tf
-from model.params import num_layers
 
 NUM_SPOUT_LAYERS = 8
 LN_EPSILON = 1e-5
@@ -27,31 +26,32 @@ INIT_STDDEV = 0.02
 
 
 class Dims:
-    """The named dimensions of one configuration."""
+    """The named dimensions of one configuration (a params.ModelParams)."""
 
     def __init__(self, model_params):
         p = model_params
-        self.hidden = mtf.Dimension("hidden", p["num_hidden"])
-        self.hidden_out = mtf.Dimension("hidden_out", p["num_hidden"])
-        self.header = mtf.Dimension("header", p["num_header"])
-        self.kv = mtf.Dimension("kv", p["num_hidden"] // p["num_header"])
+        self.hidden = mtf.Dimension("hidden", p.num_hidden)
+        self.hidden_out = mtf.Dimension("hidden_out", p.num_hidden)
+        self.header = mtf.Dimension("header", p.num_header)
+        self.kv = mtf.Dimension("kv", p.num_hidden // p.num_header)
         self.qkv = mtf.Dimension("qkv", 3)
         self.two = mtf.Dimension("two", 2)
-        self.vocab = mtf.Dimension("vocab", p["num_vocabulary"])
-        self.context = mtf.Dimension("context", p["num_contexts"])
-        self.layers = mtf.Dimension("layers", num_layers(p))
-        self.ext_hidden = mtf.Dimension("ext_hidden", 4 * p["num_hidden"])
-        self.num_experts = p["num_experts"]
-        self.num_switch_layers = p["num_switch_layers"]
-        self.num_spout = p.get("num_spout", 0)
+        self.vocab = mtf.Dimension("vocab", p.num_vocabulary)
+        self.context = mtf.Dimension("context", p.num_contexts)
+        self.layers = mtf.Dimension("layers", p.num_layers)
+        self.ext_hidden = mtf.Dimension("ext_hidden", 4 * p.num_hidden)
+        self.num_experts = p.num_experts
+        self.num_switch_layers = p.num_switch_layers
+        self.num_spout = p.num_spout
         if self.num_spout:
             self.spout = mtf.Dimension("spout", self.num_spout)
             self.spout_in = mtf.Dimension("spout_in", self.num_spout)
-            self.spout_out = mtf.Dimension("spout_out", num_layers(p) * 2 * p["num_hidden"])
+            self.spout_out = mtf.Dimension("spout_out", p.num_layers * 2 * p.num_hidden)
 
 
 class Config:
-    """What a forward pass needs besides the weights: sizes, dtypes, MoE policy."""
+    """What a forward pass needs besides the weights: sizes (a params.ModelParams),
+    dtypes, MoE policy."""
 
     def __init__(self, model_params, activation_dtype=tf.float32, layout=None,
                  mesh_shape=None, capacity_factor_train=1.25, aux_loss_coef=1e-2,
@@ -643,16 +643,16 @@ def _cross_entropy_with_z_loss(logits, targets, z_loss):
 
 
 def count_parameters(model_params):
-    """Trainable parameter count from the configuration alone (no graph)."""
+    """Trainable parameter count from a params.ModelParams alone (no graph)."""
     p = model_params
-    v, c, h, e = p["num_vocabulary"], p["num_contexts"], p["num_hidden"], p["num_experts"]
-    s, x = p["num_switch_layers"], p["num_ext_layers"]
+    v, c, h, e = p.num_vocabulary, p.num_contexts, p.num_hidden, p.num_experts
+    s, x = p.num_switch_layers, p.num_ext_layers
     attn_and_norms = 3 * h * h + h * h + 4 * h
     switch = h * e + 2 * e * h * 8 * h + h * h
     ext = h * 4 * h + 4 * h + 4 * h * h + h
     total = v * h + c * h + (s + x) * attn_and_norms + s * switch + x * ext
     total += (c * h if x else 0) + h * h + h + v
-    spout = p.get("num_spout", 0)
+    spout = p.num_spout
     if spout:
         total += NUM_SPOUT_LAYERS * spout * spout + spout * (s + x) * 2 * h
     return total

@@ -24,7 +24,7 @@ class Forward:
                  with_pos_vector=False, past_length=0, activation_dtype=tf.float32, seed=None,
                  token_drop=False):
         self.params = model_params
-        self.devices = devices or devicelib.local(model_params["num_pallarelizm"])
+        self.devices = devices or devicelib.local(model_params.num_pallarelizm)
         self.graph = tf.Graph()
         with self.graph.as_default():
             if seed is not None:

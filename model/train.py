@@ -27,7 +27,7 @@ SPOUT_CHOICES = ("none", "uniform", "onehot", "stateless_uniform", "half_onehot"
 
 @dataclass
 class TrainOptions:
-    params: dict                       # parameters.json contents
+    params: params_lib.Params          # parameters.json contents
     input_files: str                   # comma-separated globs of TFRecord shards
     output_dir: str
     max_training_step: int = 100000
@@ -56,12 +56,27 @@ class OptionError(UserError, ValueError):
     the field's name (the command-line layer adds "--": its flags have the same names)."""
 
 
+class TrainingError(UserError):
+    """Training cannot go on until the user acts; the advice names TrainOptions fields
+    (a bool one written `force=True`). The message is kept as `template` % `values` so
+    that the command-line layer can write the fields as its flags without touching
+    the paths and record errors in the values."""
+
+    def __init__(self, template, **values):
+        super().__init__(template % values)
+        self.template, self.values = template, values
+
+    def renamed(self, rename):
+        """The message with `rename` applied to the template only."""
+        return rename(self.template) % self.values
+
+
 def check_options(opts, mesh_batch):
     """User mistakes in the options, as one-line errors before any graph is built."""
-    mp, batch = opts.params["model_params"], opts.params["train_params"]["batch_size"]
+    mp, batch = opts.params.model, opts.params.train.batch_size
     if opts.spout_vector not in SPOUT_CHOICES:
         raise OptionError("spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
-    if opts.spout_vector != "none" and not mp.get("num_spout"):
+    if opts.spout_vector != "none" and not mp.num_spout:
         raise OptionError("spout_vector %s needs num_spout > 0 in parameters.json "
                           "(add spout weights with tools/run_modelconvert.py --num_spout)"
                           % opts.spout_vector)
@@ -71,7 +86,7 @@ def check_options(opts, mesh_batch):
         raise OptionError("optimizer must be adam or adafactor")
     if opts.lr_schedule not in optimizer.LR_SCHEDULES:
         raise OptionError("lr_schedule must be one of %s" % ", ".join(optimizer.LR_SCHEDULES))
-    if opts.spout_vector == "half_onehot" and mp.get("num_spout", 0) < 2:
+    if opts.spout_vector == "half_onehot" and mp.num_spout < 2:
         raise OptionError("spout_vector half_onehot needs num_spout >= 2 in parameters.json")
     if batch % mesh_batch:
         raise UserError("batch_size %d is not divisible by the mesh's batch dimension %d"
@@ -97,7 +112,7 @@ def _uniform_by_record(i, width):
 
 
 def spout_input(opts, features, batch_size):
-    p = opts.params["model_params"].get("num_spout", 0)
+    p = opts.params.model.num_spout
     if opts.spout_vector != "none" and "spout" in features:
         return tf.cast(features["spout"], tf.float32)  # a given spout (tests, fixed inputs)
     if opts.spout_vector == "uniform":
@@ -166,8 +181,8 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
     with the placement implementation, the TPUEstimator model_fn onto TPU cores
     with the SIMD implementation. Returns a namespace of the TF tensors and ops.
     """
-    mp, tp = opts.params["model_params"], opts.params["train_params"]
-    batch_size, length = tp["batch_size"], mp["num_contexts"]
+    mp, tp = opts.params.model, opts.params.train
+    batch_size, length = tp.batch_size, mp.num_contexts
     mtf_graph, mesh = meshlib.new_mesh()
     cfg = network.Config(mp, activation_dtype=activation_dtype(opts), layout=meshlib.LAYOUT,
                          mesh_shape=mesh_shape, router_jitter=opts.router_jitter, seed=opts.seed,
@@ -191,7 +206,7 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
 
     variables = trainable_variables(opts, mtf_graph)
     global_step = tf.train.get_or_create_global_step()
-    lr = optimizer.learning_rate(global_step, tp["base_lr"], tp["num_warmup_steps"],
+    lr = optimizer.learning_rate(global_step, tp.base_lr, tp.num_warmup_steps,
                                  opts.lr_schedule)
     mtf_lr = imp(lr, [])
     loss_scale = scale = None
@@ -244,9 +259,9 @@ class Trainer:
 
     def __init__(self, opts):
         self.opts = opts
-        self.model_params = opts.params["model_params"]
-        self.train_params = opts.params["train_params"]
-        self.devices = opts.devices or devicelib.local(self.model_params["num_pallarelizm"])
+        self.model_params = opts.params.model
+        self.train_params = opts.params.train
+        self.devices = opts.devices or devicelib.local(self.model_params.num_pallarelizm)
         check_options(opts, self.devices.shape.dims[0].size)
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -254,8 +269,8 @@ class Trainer:
             self._build()
 
     def _features(self):
-        mp, batch_size = self.model_params, self.train_params["batch_size"]
-        ds = inputs_lib.read_dataset(self.opts.input_files, batch_size, mp["num_contexts"],
+        mp, batch_size = self.model_params, self.train_params.batch_size
+        ds = inputs_lib.read_dataset(self.opts.input_files, batch_size, mp.num_contexts,
                                      shuffle=True, seed=self.opts.seed, repeat=True)
         return tf.data.make_one_shot_iterator(ds).get_next()
 
@@ -263,7 +278,7 @@ class Trainer:
         impl = meshlib.placement(self.devices.shape, self.devices.devices)
         # The step's tensors and ops (loss, train_op, lowering, ...), as built.
         self.ops = build_train_step(self.opts, self._features(), self.devices.shape, impl)
-        self.saver = tf.train.Saver(max_to_keep=self.train_params["max_to_keep_save"],
+        self.saver = tf.train.Saver(max_to_keep=self.train_params.max_to_keep_save,
                                     sharded=True, save_relative_paths=True)
         self.copy_to_slices = self.ops.lowering.copy_masters_to_slices()
         self.copy_to_masters = self.ops.lowering.copy_slices_to_masters()
@@ -308,15 +323,15 @@ class Trainer:
             if loaded is None and checkpoints.has_checkpoint_files(self.opts.output_dir) \
                     and not self.opts.force:
                 self.lock.release()
-                raise UserError("%s holds checkpoint files but none can be restored; "
-                                "repair or move them, or pass --force to start from "
-                                "scratch there" % self.opts.output_dir)
+                raise TrainingError("%(output_dir)s holds checkpoint files but none can be "
+                                    "restored; repair or move them, or pass force=True to "
+                                    "start from scratch there", output_dir=self.opts.output_dir)
             if loaded is None and self.opts.init_checkpoint:
                 self._load_weights(self.opts.init_checkpoint)
             if loaded is not None and skipped:
                 print("resuming from %s instead" % loaded, file=sys.stderr)
         checkpoints.recover_retention(self.saver, self.opts.output_dir,
-                                      self.train_params["max_to_keep_save"])
+                                      self.train_params.max_to_keep_save)
         self.session.run(self.copy_to_slices)
         return self
 
@@ -346,7 +361,7 @@ class Trainer:
         start_step, last_save, losses = step, time.time(), []
         bar = Progress(step, o.max_training_step, o.max_seconds, o.progress)
         t0 = bar.t0
-        failure = None
+        failure, reason = None, ""
         try:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
@@ -360,10 +375,11 @@ class Trainer:
                     values = self.session.run(fetch)
                 except tf.errors.DataLossError as e:
                     # Save the steps done so far before reporting the corrupt records.
-                    failure = "corrupt training records: %s" % str(e).strip().splitlines()[0]
+                    failure = "corrupt training records: %(reason)s"
+                    reason = str(e).strip().splitlines()[0]
                     break
                 except tf.errors.OutOfRangeError:
-                    failure = "the input pipeline yielded no batch: check --input_files"
+                    failure = "the input pipeline yielded no batch: check input_files"
                     break
                 step += 1
                 losses.append(float(values[1]))
@@ -372,8 +388,8 @@ class Trainer:
                 rate = (step - start_step) * self.ops.tokens_per_step / max(time.time() - t0, 1e-9)
                 bar.update(step, loss="%.3f" % values[1], aux="%.3f" % values[2],
                            lr="%.2e" % values[3], tok_s="%.0f" % rate)
-                due_steps = step % tp["checkpoint_per_steps"] == 0
-                due_time = time.time() - last_save > tp["checkpoint_per_hours"] * 3600
+                due_steps = step % tp.checkpoint_per_steps == 0
+                due_time = time.time() - last_save > tp.checkpoint_per_hours * 3600
                 if due_steps or due_time:
                     self.save()
                     last_save = time.time()
@@ -384,7 +400,8 @@ class Trainer:
         if writer is not None:
             writer.close()
         if failure:
-            raise UserError("%s (saved %s at step %d)" % (failure, path, step))
+            raise TrainingError(failure + " (saved %(path)s at step %(step)d)",
+                                reason=reason, path=path, step=step)
         elapsed = time.time() - t0
         return {"checkpoint": path, "step": step, "steps_run": step - start_step,
                 "final_loss": losses[-1] if losses else None,
@@ -519,12 +536,12 @@ def describe(trainer):
     c = trainer.ops.count
     weights_bytes = 4 * (c["trainable"] + c["frozen"])
     mp = trainer.model_params
-    batch, length, h = trainer.train_params["batch_size"], mp["num_contexts"], mp["num_hidden"]
-    layers = mp["num_switch_layers"] + mp["num_ext_layers"]
+    batch, length, h = trainer.train_params.batch_size, mp.num_contexts, mp.num_hidden
+    layers = mp.num_layers
     # activations kept for backprop: a rough per-token, per-layer figure (attention
     # scores plus ~16 hidden-sized tensors), and the logits.
-    activations = 4 * batch * length * (layers * (16 * h + mp["num_header"] * length)
-                                        + 2 * mp["num_vocabulary"])
+    activations = 4 * batch * length * (layers * (16 * h + mp.num_header * length)
+                                        + 2 * mp.num_vocabulary)
     return {"trainable_parameters": c["trainable"], "frozen_parameters": c["frozen"],
             "optimizer_state_bytes": c["optimizer_bytes"],
             "estimated_accelerator_bytes": weights_bytes + c["optimizer_bytes"]

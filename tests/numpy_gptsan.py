@@ -33,12 +33,12 @@ class Sizes:
 
     def __init__(self, model_params):
         p = model_params
-        self.V, self.C, self.H = p["num_vocabulary"], p["num_contexts"], p["num_hidden"]
-        self.A, self.E = p["num_header"], p["num_experts"]
+        self.V, self.C, self.H = p.num_vocabulary, p.num_contexts, p.num_hidden
+        self.A, self.E = p.num_header, p.num_experts
         self.K = self.H // self.A
-        self.S, self.X = p["num_switch_layers"], p["num_ext_layers"]
+        self.S, self.X = p.num_switch_layers, p.num_ext_layers
         self.L = self.S + self.X
-        self.P = p.get("num_spout", 0)
+        self.P = p.num_spout
 
 
 def variable_shapes(model_params):

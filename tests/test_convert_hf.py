@@ -38,8 +38,8 @@ def checkpoint_tensors(model_dir):
 
 def expected_hub(ours, mp):
     """The Hub tensors for our variables, by the documented layout."""
-    H, A = mp["num_hidden"], mp["num_header"]
-    S, X, E = mp["num_switch_layers"], mp["num_ext_layers"], mp["num_experts"]
+    H, A = mp.num_hidden, mp.num_header
+    S, X, E = mp.num_switch_layers, mp.num_ext_layers, mp.num_experts
     out = {"model.embed_tokens.weight": ours["model/wte"],
            "lm_head.weight": ours["model/wte"],
            "model.position_embeddings.weight": ours["model/wpe"],
@@ -74,7 +74,7 @@ def expected_hub(ours, mp):
             for p, w in (("p1", "wi"), ("p2", "wo")):
                 out[b + "feed_forward.mlp.%s.weight" % w] = ours["model/mlp%d/%s/kernel" % (i, p)].T
                 out[b + "feed_forward.mlp.%s.bias" % w] = ours["model/mlp%d/%s/bias" % (i, p)]
-    if mp.get("num_spout"):
+    if mp.num_spout:
         for k in range(8):
             out["model.spout.%d.weight" % (2 * k)] = ours["pasts/mlp%d/kernel" % k].T
         out["model.spout.16.weight"] = ours["pasts/out/kernel"].T
@@ -98,7 +98,7 @@ def exported(tmp_path_factory):
         model_dir = tiny_model.make_model_dir(str(base / name / "ours"), params, seed=k)
         hub = str(base / name / "hub")
         convert_hf.export_hf(model_dir, hub)
-        result[name] = (model_dir, hub, params["model_params"])
+        result[name] = (model_dir, hub, params.model)
     return result
 
 
@@ -118,13 +118,13 @@ def test_export_config(exported, name):
     model_dir, hub, mp = exported[name]
     with open(os.path.join(hub, "config.json")) as f:
         c = json.load(f)
-    H, V = mp["num_hidden"], mp["num_vocabulary"]
+    H, V = mp.num_hidden, mp.num_vocabulary
     assert c["model_type"] == "gptsan-japanese"
     assert (c["vocab_size"], c["max_position_embeddings"], c["d_model"], c["d_ff"], c["d_ext"]) \
-        == (V, mp["num_contexts"], H, 8 * H, 4 * H)
-    assert c["d_spout"] == mp.get("num_spout", 0)
+        == (V, mp.num_contexts, H, 8 * H, 4 * H)
+    assert c["d_spout"] == mp.num_spout
     assert (c["num_switch_layers"], c["num_ext_layers"], c["num_heads"], c["num_experts"]) == \
-        (mp["num_switch_layers"], mp["num_ext_layers"], mp["num_header"], mp["num_experts"])
+        (mp.num_switch_layers, mp.num_ext_layers, mp.num_header, mp.num_experts)
     assert (c["separator_token_id"], c["pad_token_id"], c["eos_token_id"]) == (V - 2, V - 5, V - 1)
     with open(os.path.join(hub, "tokenizer_config.json")) as f:
         assert json.load(f)["tokenizer_class"] == "GPTSanJapaneseTokenizer"
@@ -145,12 +145,12 @@ def test_round_trip_bit_identical(exported, name, tmp_path):
     for n in a:
         assert b[n].dtype == np.float32
         assert a[n].tobytes() == b[n].tobytes(), n
-    p = params_lib.load(back)["model_params"]
-    assert p["train_mode"] == "hybrid"
+    p = params_lib.load(back).model
+    assert p.train_mode == "hybrid"
     for key in ("num_contexts", "num_switch_layers", "num_ext_layers", "num_hidden",
                 "num_header", "num_experts", "num_vocabulary"):
-        assert p[key] == mp[key], key
-    assert p.get("num_spout", 0) == mp.get("num_spout", 0)
+        assert getattr(p, key) == getattr(mp, key), key
+    assert p.num_spout == mp.num_spout
     # import then export gives the same Hub tensors back
     hub2 = str(tmp_path / "hub2")
     convert_hf.export_hf(back, hub2)

@@ -40,7 +40,7 @@ def write_records(path, seed):
 
 def reference_loss(model_dir, rows, spout=None):
     """Mean cross-entropy over every target position of every row (float64 NumPy)."""
-    mp = paramslib.load(model_dir)["model_params"]
+    mp = paramslib.load(model_dir).model
     weights = ref.load_weights(tf.train.latest_checkpoint(model_dir), mp)
     x = np.array([r[0] for r in rows])
     y = np.array([r[1] for r in rows])

@@ -54,9 +54,8 @@ def small_params(output_dir="", hidden=16, **model):
     model = dict(dict(num_contexts=C, num_switch_layers=2, num_ext_layers=0, num_hidden=hidden,
                       num_header=2, num_experts=2, num_vocabulary=V), **model)
     p = paramslib.default_params(**model)
-    p["train_params"].update(output_dir=output_dir, batch_size=4, base_lr=1e-2,
-                             num_warmup_steps=5, checkpoint_per_steps=1000)
-    return p
+    return p.with_train(output_dir=output_dir, batch_size=4, base_lr=1e-2,
+                        num_warmup_steps=5, checkpoint_per_steps=1000)
 
 
 def class_sequence(cls, length):
@@ -85,7 +84,7 @@ def write_source(folder, params, seed, with_slots=False):
     (LayerNorm gains near 1, every bias nonzero), optionally with Adam slots,
     and global_step 7 -- written by a plain Saver, as another tool would."""
     rng = np.random.default_rng(seed)
-    tensors = dict(ref.random_weights(params["model_params"], seed))
+    tensors = dict(ref.random_weights(params.model, seed))
     if with_slots:
         for name, value in list(tensors.items()):
             tensors[name + "/adam_m"] = rng.normal(0, 1e-3, value.shape).astype(np.float32)
@@ -99,7 +98,7 @@ def write_source(folder, params, seed, with_slots=False):
 def pretrain(params, records, output_dir, steps, clip_gradients=1.0):
     """A source model written by the shared training loop (so it has Adam slots)."""
     from model import train
-    params["train_params"]["output_dir"] = output_dir
+    params = params.with_train(output_dir=output_dir)
     opts = train.TrainOptions(params=params, input_files=records, output_dir=output_dir,
                               max_training_step=steps, progress=False, log_every=0,
                               clip_gradients=clip_gradients, devices=devicelib.local())
@@ -127,7 +126,7 @@ def checkpoint_tensors(path):
 
 
 def logits(model_dir, tokens, spout=None):
-    mp = paramslib.load(model_dir)["model_params"]
+    mp = paramslib.load(model_dir).model
     forward = runtime.Forward(mp, tokens.shape[0], tokens.shape[1], with_spout=spout is not None,
                               devices=devicelib.local())
     try:
@@ -207,7 +206,7 @@ def test_conversion_refuses_to_overwrite_without_force(plain_source, tmp_path):
     os.remove(dst / "keep.txt")
     convert.convert(plain_source, str(dst), add_layers=1, force=True, progress=False)
     convert.convert(plain_source, str(dst), add_layers=1, force=True, progress=False)
-    assert paramslib.load(str(dst))["model_params"]["num_ext_layers"] == 1
+    assert paramslib.load(str(dst)).model.num_ext_layers == 1
     # Nothing but the result is left beside it (the temporary directory is gone).
     assert os.listdir(tmp_path) == ["dst"]
 
@@ -228,7 +227,7 @@ def test_nothing_to_add_and_missing_source_are_user_errors(tmp_path):
 # ---- conversion ------------------------------------------------------------------
 def reference_logits(model_dir, tokens, spout=None):
     """The independent NumPy forward pass (float64) on a model directory."""
-    mp = paramslib.load(model_dir)["model_params"]
+    mp = paramslib.load(model_dir).model
     weights = ref.load_weights(tf.train.latest_checkpoint(model_dir), mp)
     return ref.forward(weights, mp, tokens, spout=spout)["logits"]
 
@@ -264,10 +263,10 @@ def test_spout_added_by_conversion_changes_logits_only_when_given(
 
 
 def test_converted_checkpoint_holds_exactly_the_model_variables(spout_source, spout_converted):
-    src_params = paramslib.load(spout_source)["model_params"]
-    dst_params = paramslib.load(spout_converted)["model_params"]
-    assert dst_params["num_ext_layers"] == src_params["num_ext_layers"] + 2
-    assert dst_params["num_spout"] == src_params["num_spout"]
+    src_params = paramslib.load(spout_source).model
+    dst_params = paramslib.load(spout_converted).model
+    assert dst_params.num_ext_layers == src_params.num_ext_layers + 2
+    assert dst_params.num_spout == src_params.num_spout
     dst = checkpoint_tensors(spout_converted)
     expected = ref.variable_shapes(dst_params)
     assert sorted(dst) == sorted(list(expected) + ["global_step"])
@@ -280,13 +279,13 @@ def test_converted_checkpoint_holds_exactly_the_model_variables(spout_source, sp
 def test_source_weights_are_copied_bit_for_bit_and_new_layers_start_as_no_ops(
         spout_source, spout_converted):
     src, dst = checkpoint_tensors(spout_source), checkpoint_tensors(spout_converted)
-    src_params = paramslib.load(spout_source)["model_params"]
-    old_layers = paramslib.num_layers(src_params)
+    src_params = paramslib.load(spout_source).model
+    old_layers = src_params.num_layers
     for name, value in src.items():
         if name not in ("pasts/out/kernel", "global_step"):
             assert np.array_equal(dst[name], value), name
     # The spout projection's layer-major [L, 2, A, K] axis: the old layers' block first.
-    block = old_layers * 2 * src_params["num_hidden"]
+    block = old_layers * 2 * src_params.num_hidden
     assert np.array_equal(dst["pasts/out/kernel"][:, :block], src["pasts/out/kernel"])
     assert not dst["pasts/out/kernel"][:, block:].any()
     for i in (old_layers, old_layers + 1):
@@ -299,7 +298,7 @@ def test_source_weights_are_copied_bit_for_bit_and_new_layers_start_as_no_ops(
 
 def test_ignore_params_lists_every_source_weight_but_the_spout(
         spout_source, spout_converted, tmp_path):
-    src_params = paramslib.load(spout_source)["model_params"]
+    src_params = paramslib.load(spout_source).model
     with open(os.path.join(spout_converted, "ignore-params.json")) as f:
         frozen = json.load(f)
     src_weights = set(ref.variable_shapes(src_params))
@@ -345,7 +344,7 @@ def test_shards_never_exceed_the_limit_unless_one_variable_does():
 def test_released_model_plus_14_stages_parameter_count():
     released = paramslib.default_params(
         num_contexts=1280, num_switch_layers=10, num_ext_layers=14, num_hidden=1024,
-        num_header=16, num_experts=16, num_vocabulary=36000)["model_params"]
+        num_header=16, num_experts=16, num_vocabulary=36000).model
     h, c = 1024, 1280
     # One extension layer: qkv + o (4H^2), two LayerNorms (4H), H->4H->H MLP with biases.
     per_stage = 4 * h * h + 4 * h + (h * 4 * h + 4 * h) + (4 * h * h + h)
@@ -365,8 +364,8 @@ def finetuned(tmp_path_factory):
     with one-hot spouts in the model directory itself."""
     root = tmp_path_factory.mktemp("finetune")
     records = write_class_records(str(root / "classes.tfrecord"), 32)
-    params = small_params(hidden=64, num_header=4, num_switch_layers=1, num_experts=1)
-    params["train_params"]["batch_size"] = 8
+    params = small_params(hidden=64, num_header=4, num_switch_layers=1,
+                          num_experts=1).with_train(batch_size=8)
     src, dst = str(root / "src"), str(root / "dst")
     pretrained = pretrain(params, records, src, steps=200)
     convert.convert(src, dst, add_layers=2, num_spout=2, keep_optimizer_state=True,
@@ -386,7 +385,7 @@ def greedy_generate(model_dir, spouts, steps):
     """Greedy continuation of PROMPT for each spout row, one Forward call per token
     (causal attention: the zero padding after position t cannot change its logits).
     Returns the generated tokens and the first step's next-token probabilities."""
-    mp = paramslib.load(model_dir)["model_params"]
+    mp = paramslib.load(model_dir).model
     rows, start = len(spouts), len(PROMPT)
     forward = runtime.Forward(mp, rows, start + steps, with_spout=True,
                               devices=devicelib.local()).restore(model_dir)
@@ -437,14 +436,14 @@ def test_finetune_allocates_no_optimizer_slots_for_frozen_variables(finetuned):
     frozen = set(frozen_list(finetuned["dst"]))
     # The converted checkpoint kept the source's slots; the fine-tuned one must not.
     assert any(n + "/adam_m" in finetuned["converted"] for n in frozen)
-    weights = set(ref.variable_shapes(paramslib.load(finetuned["dst"])["model_params"]))
+    weights = set(ref.variable_shapes(paramslib.load(finetuned["dst"]).model))
     for name in weights:
         has_slots = [name + s in trained for s in SLOTS]
         assert has_slots == [name not in frozen] * 2, name
 
 
 def test_finetune_reports_parameter_counts_at_start(finetuned):
-    params = paramslib.load(finetuned["dst"])["model_params"]
+    params = paramslib.load(finetuned["dst"]).model
     shapes = ref.variable_shapes(params)
     frozen = sum(int(np.prod(shapes[n])) for n in frozen_list(finetuned["dst"]))
     trainable = ref.parameter_count(params) - frozen

@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_params(model_dir):
-    return paramslib.load(model_dir)["model_params"]
+    return paramslib.load(model_dir).model
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +272,7 @@ def run_main(*argv):
 
 def copy_model(src, dst, **model_overrides):
     shutil.copytree(src, dst)
-    params = paramslib.load(dst)
-    params["model_params"].update(model_overrides)
-    params["model_params"] = {k: v for k, v in params["model_params"].items() if v is not None}
-    paramslib.save(params, dst)
+    paramslib.save(paramslib.load(dst).with_model(**model_overrides), dst)
     return str(dst)
 
 
@@ -284,11 +281,14 @@ def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     paramslib.save(paramslib.load(model_dir), str(empty))
-    no_spout = copy_model(model_dir, tmp_path / "no_spout", num_spout=None)
+    no_spout = copy_model(model_dir, tmp_path / "no_spout", num_spout=0)
     wrong_shape = copy_model(model_dir, tmp_path / "wide", num_hidden=32)
     short = tmp_path / "short.npy"
     np.save(short, np.zeros(3, np.float32))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
     cases = [
+        (base + ["--input_file", str(latin)], "input file %s is not UTF-8 text" % latin),
         (["--model", str(tmp_path / "missing"), *vocab_flags], "model directory not found"),
         (["--model", str(empty), *vocab_flags], "no 'checkpoint' file"),
         (["--model", no_spout, *vocab_flags, "--spout", "2"], "no spout weights"),

@@ -46,7 +46,7 @@ def model_input(text, enc):
 def reference(model_dir, encoder):
     """Logits and per-position vectors of CONTEXT from a plain forward pass."""
     tokens, ids = model_input(CONTEXT, encoder)
-    params = paramslib.load(model_dir)["model_params"]
+    params = paramslib.load(model_dir).model
     # run_languagemodel drops tokens over an expert's capacity by default, as released.
     forward = runtime.Forward(params, 1, len(ids), with_pos_vector=True,
                               token_drop=True).restore(model_dir)
@@ -124,7 +124,8 @@ def test_pos_vector_counts_positions_of_the_full_input(encoder):
         # The command-line layer names the flag.
         args = argparse.Namespace(mask="[MASK]", pos_vector=outside)
         with pytest.raises(UserError, match="^--pos_vector .* outside the input"):
-            cli_infer.make_queries(args, {"num_contexts": 32}, encoder, [CONTEXT])
+            cli_infer.make_queries(args, paramslib.default_params(num_contexts=32).model,
+                                   encoder, [CONTEXT])
 
 
 def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
@@ -133,8 +134,11 @@ def test_user_errors_name_the_problem(model_dir, vocab_flags, tmp_path):
     paramslib.save(paramslib.load(model_dir), str(empty))
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join("t%d" % i for i in range(100)), encoding="utf-8")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
     base = ["--model", model_dir, *vocab_flags]
     cases = [
+        (base + ["--input_file", str(latin)], "input file %s is not UTF-8 text" % latin),
         (base + ["--context", "あ", "--pos_vector", "3"], "outside the input"),
         (base + ["--context", "あ", "--mask", ""], "--mask must not be empty"),
         (base, "exactly one of --context and --input_file"),

@@ -5,6 +5,7 @@ Weights are written by a plain tf.train.Saver over variables named and shaped
 as the released checkpoint has them (tests/numpy_gptsan.py), so these tests also pin
 the released checkpoint's names. Graphs are built once per module and reused.
 """
+import dataclasses
 import os
 
 import numpy as np
@@ -30,23 +31,23 @@ MIN_ROUTER_MARGIN = 1e-4
 CONFIGS = {
     "switch_only": params.default_params(
         num_contexts=32, num_switch_layers=2, num_ext_layers=0, num_hidden=32, num_header=4,
-        num_experts=4, num_vocabulary=101)["model_params"],
+        num_experts=4, num_vocabulary=101).model,
     # C = 10 < 1 spout slot + 12 tokens, so the last positions are clipped to C - 1.
     "ext_spout": params.default_params(
         num_contexts=10, num_switch_layers=1, num_ext_layers=2, num_hidden=32, num_header=4,
-        num_experts=4, num_vocabulary=101, num_spout=8)["model_params"],
+        num_experts=4, num_vocabulary=101, num_spout=8).model,
 }
 LENGTHS = {"switch_only": 8, "ext_spout": 12}
 SEEDS = {"switch_only": 11, "ext_spout": 12}
 
 RELEASED = params.default_params(
     num_contexts=1280, num_switch_layers=10, num_ext_layers=0, num_hidden=1024, num_header=16,
-    num_experts=16, num_vocabulary=36000, num_pallarelizm=1)["model_params"]
+    num_experts=16, num_vocabulary=36000, num_pallarelizm=1).model
 RELEASED_COUNT = 2776248480
 
 
 def has_spout(config):
-    return bool(CONFIGS[config].get("num_spout"))
+    return bool(CONFIGS[config].num_spout)
 
 
 def write_checkpoint(weights, folder):
@@ -108,10 +109,10 @@ def example(config, seed=0, length=None):
     """Random tokens, plus a spout vector when the config has one."""
     rng = np.random.default_rng(seed)
     length = length or LENGTHS[config]
-    tokens = rng.integers(0, CONFIGS[config]["num_vocabulary"], (BATCH, length))
+    tokens = rng.integers(0, CONFIGS[config].num_vocabulary, (BATCH, length))
     inputs = {"pos_index": np.zeros(BATCH, np.int32)}
     if has_spout(config):
-        inputs["spout"] = rng.normal(0, 1, (BATCH, CONFIGS[config]["num_spout"]))
+        inputs["spout"] = rng.normal(0, 1, (BATCH, CONFIGS[config].num_spout))
     return tokens, inputs
 
 
@@ -179,7 +180,7 @@ def test_pos_vector_is_every_layers_hidden_state(forward, checkpoints, config):
 
 def change_token(tokens, position, config):
     changed = tokens.copy()
-    changed[:, position] = (changed[:, position] + 1) % CONFIGS[config]["num_vocabulary"]
+    changed[:, position] = (changed[:, position] + 1) % CONFIGS[config].num_vocabulary
     return changed
 
 
@@ -242,9 +243,9 @@ def test_one_token_step_reads_only_the_chosen_experts_and_equals_the_full_pass(
     head = forward(config, length=length - 1)(tokens[:, :-1], **inputs)
     step = forward(config, length=1, past_length=length - 1)(
         tokens[:, -1:], pasts=head["presents"], **inputs)
-    assert BATCH < CONFIGS[config]["num_experts"]
-    assert [t is not None for t in taken][-CONFIGS[config]["num_switch_layers"]:] == \
-        [True] * CONFIGS[config]["num_switch_layers"]
+    assert BATCH < CONFIGS[config].num_experts
+    assert [t is not None for t in taken][-CONFIGS[config].num_switch_layers:] == \
+        [True] * CONFIGS[config].num_switch_layers
     assert_same_computation(step["logits"], full["logits"][:, -1:])
     assert_same_computation(step["presents"], full["presents"][..., -1:, :])
 
@@ -277,14 +278,14 @@ def graph_parameter_count(model_params, config_kwargs=SINGLE_DEVICE):
         cfg = network.Config(model_params, **config_kwargs)
         batch, length = mtf.Dimension("batch", 1), mtf.Dimension("length", 4)
         inputs = {}
-        if model_params.get("num_spout"):
+        if model_params.num_spout:
             inputs["spout"] = mtf.zeros(mesh, [batch, cfg.dims.spout])
         network.model(mtf.zeros(mesh, [batch, length], tf.int32), cfg, **inputs)
         return sum(v.shape.size for v in mtf_graph.trainable_variables)
 
 
 def released(**overrides):
-    return dict(RELEASED, **overrides)
+    return dataclasses.replace(RELEASED, **overrides)
 
 
 @pytest.mark.parametrize("model_params,count", [
@@ -314,7 +315,7 @@ def test_config_defaults_build_a_switch_layer():
 # --- checkpoint mismatches --------------------------------------------------
 
 def test_checkpoint_with_other_shapes_names_the_variable(forward, tmp_path):
-    other_vocab = dict(CONFIGS["switch_only"], num_vocabulary=97)
+    other_vocab = dataclasses.replace(CONFIGS["switch_only"], num_vocabulary=97)
     write_checkpoint(ref.random_weights(other_vocab, seed=0), str(tmp_path))
     with pytest.raises(UserError, match="model/w(te|ob)"):
         forward("switch_only").restore(str(tmp_path))

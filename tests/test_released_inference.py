@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from model import params as paramslib
 
 TOL = 1e-4
 
@@ -49,9 +48,9 @@ def run_cases(cases, model_dirs, train_mode, no_token_drop):
     args = parser.parse_args(["--model", model_dir, "--context", "x"]
                              + (["--no_token_drop"] if no_token_drop else []))
     mp = cli_infer.load_model_params(model_dir)
-    enc = cli_infer.load_vocabulary(args.vocabulary, args.emoji, mp["num_vocabulary"])
-    queries = [text.Query(c["context"], enc, c["mask"], c["pos_vector"], mp["num_contexts"],
-                        paramslib.fills_masks(mp)) for c in mine]
+    enc = cli_infer.load_vocabulary(args.vocabulary, args.emoji, mp.num_vocabulary)
+    queries = [text.Query(c["context"], enc, c["mask"], c["pos_vector"], mp.num_contexts,
+                        mp.fills_masks) for c in mine]
     results = [None] * len(mine)
     by_length = {}
     for k, q in enumerate(queries):
@@ -140,7 +139,7 @@ def test_numpy_reference_with_capacity_rule_equals_released(released, cases, tok
     import numpy_gptsan as ref
     from model import params as pl
     model_dir = os.path.join(released, "model")
-    mp = pl.load(model_dir)["model_params"]
+    mp = pl.load(model_dir).model
     import tensorflow as tf
     weights = ref.load_weights(tf.train.latest_checkpoint(model_dir), mp)
     suffix = "" if token_drop else "_nodrop"
@@ -148,7 +147,7 @@ def test_numpy_reference_with_capacity_rule_equals_released(released, cases, tok
     for case in cases:
         if case["rc"] != 0 or not case["output_scores"]:
             continue
-        ids = case["input_tokens"][:mp["num_contexts"]]
+        ids = case["input_tokens"][:mp.num_contexts]
         d = case["derived"]
         out = ref.forward(weights, mp, [ids], num_precontext=[d["num_precontext"]],
                           pos_index=[d["pos_index"]], token_drop=token_drop)

@@ -29,8 +29,7 @@ def make_trainer(tmp_path, root, golden, scenario):
     from model import train
 
     resume = scenario.startswith("resume")
-    params = params_lib.load(os.path.join(root, "model"))
-    params["train_params"].update(golden["train_params"])
+    params = params_lib.load(os.path.join(root, "model")).with_train(**golden["train_params"])
     out = str(tmp_path / scenario)
     if resume:  # the released output_dir itself, restarted
         shutil.copytree(os.path.join(root, "model"), out)
@@ -209,7 +208,7 @@ def test_one_batch_file_gives_that_batch_every_step(tmp_path):
 def _spout(kind, i, num_spout=8, seed=0):
     from model import train
     opts = types.SimpleNamespace(spout_vector=kind, seed=seed,
-                                 params={"model_params": {"num_spout": num_spout}})
+                                 params=params_lib.default_params(num_spout=num_spout))
     with tf.Graph().as_default():
         t = train.spout_input(opts, {"i": tf.constant(np.asarray(i, np.int32))}, len(i))
         with tf.Session() as s:

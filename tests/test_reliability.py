@@ -52,8 +52,7 @@ def test_damaged_checkpoint_index_still_resumes_the_trained_checkpoint(records, 
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_path, capfd):
-    p = tiny_params(str(tmp_path))
-    p["train_params"]["checkpoint_per_steps"] = 3
+    p = tiny_params(str(tmp_path)).with_train(checkpoint_per_steps=3)
     train_to(records, tmp_path, 6, params=p)
     faults.truncate_data(str(tmp_path / "model.ckpt-6"), keep=0.5)
     trainer = make_trainer(records, tmp_path, 6, params=p)
@@ -61,6 +60,19 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_p
     trainer.close()
     err = capfd.readouterr().err
     assert "model.ckpt-6" in err and "resuming from" in err
+
+
+def test_training_errors_write_the_options_as_flags_on_the_command_line():
+    from model import cli_train, train
+    error = train.TrainingError("the input pipeline yielded no batch: check input_files "
+                                "(saved %(path)s at step %(step)d)",
+                                path="/runs/force/input_files/model.ckpt-3", step=3)
+    assert str(error) == ("the input pipeline yielded no batch: check input_files "
+                          "(saved /runs/force/input_files/model.ckpt-3 at step 3)")
+    # Only the advice is rewritten, never a path that happens to hold an option's name.
+    assert cli_train.training_error_as_flags(error) == (
+        "the input pipeline yielded no batch: check --input_files "
+        "(saved /runs/force/input_files/model.ckpt-3 at step 3)")
 
 
 @pytest.mark.parametrize("damage", ["empty_data", "truncated_index"])
@@ -73,8 +85,12 @@ def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, da
     else:
         faults.truncate_index(prefix, keep=0.5)
     before = sha(prefix + ".index")
-    with pytest.raises(UserError, match="--force"):
+    with pytest.raises(UserError, match="force=True") as refused:
         make_trainer(records, tmp_path, 3)
+    from model import cli_train
+    assert cli_train.training_error_as_flags(refused.value) == (
+        "%s holds checkpoint files but none can be restored; repair or move them, or pass "
+        "--force to start from scratch there" % tmp_path)
     assert sha(prefix + ".index") == before
     trainer = make_trainer(records, tmp_path, 3, force=True)
     assert trainer.step() == 0
@@ -82,8 +98,7 @@ def test_no_restorable_checkpoint_is_refused_without_force(records, tmp_path, da
 
 
 def test_max_to_keep_holds_across_restarts(records, tmp_path):
-    p = tiny_params(str(tmp_path))
-    p["train_params"].update(checkpoint_per_steps=2, max_to_keep_save=2)
+    p = tiny_params(str(tmp_path)).with_train(checkpoint_per_steps=2, max_to_keep_save=2)
     for steps in (4, 8, 12):
         train_to(records, tmp_path, steps, params=p)
     kept = sorted(n for n in os.listdir(tmp_path) if n.endswith(".index"))
@@ -261,7 +276,7 @@ def test_truncated_data_shard_is_one_error_in_inference_and_conversion(tmp_path,
     p = model_params(num_vocabulary=64)
     src = make_model_dir(str(tmp_path / "src"), p)
     faults.truncate(sorted(glob.glob(os.path.join(src, "model.ckpt.data-*")))[0], keep)
-    forward = runtime.Forward(p["model_params"], batch_size=1, length=4,
+    forward = runtime.Forward(p.model, batch_size=1, length=4,
                               devices=devicelib.local())
     with pytest.raises(UserError, match="damaged|cannot read"):
         forward.restore(src)
@@ -275,13 +290,13 @@ def test_incomplete_or_foreign_vocabulary_records_are_refused(tmp_path):
     import hashlib
     from model.errors import UserError
     from model.cli_train import check_record_summaries
-    mp = tiny_params("")["model_params"]
+    mp = tiny_params("").model
     rec = tmp_path / "rec"
     rec.mkdir()
     files = [write_records(str(rec / "train_0.tfrecord"))]
     vocab = tmp_path / "v.txt"
-    vocab.write_text("\n".join("t%d" % k for k in range(mp["num_vocabulary"])))
-    good = {"size": mp["num_vocabulary"], "sha256": hashlib.sha256(vocab.read_bytes()).hexdigest()}
+    vocab.write_text("\n".join("t%d" % k for k in range(mp.num_vocabulary)))
+    good = {"size": mp.num_vocabulary, "sha256": hashlib.sha256(vocab.read_bytes()).hexdigest()}
     summary = rec / "train-summary.json"
     summary.write_text(json.dumps({"complete": False, "vocabulary": good}))
     with pytest.raises(UserError, match="--allow_incomplete_records"):
@@ -352,7 +367,7 @@ def test_vocabulary_with_a_trailing_newline_is_named_as_such(tmp_path):
     vocab = tmp_path / "v.txt"
     vocab.write_text("".join("t%d\n" % k for k in range(40)))
     with pytest.raises(UserError, match="must not end with a newline"):
-        check_vocabulary(str(vocab), {"num_vocabulary": 40})
+        check_vocabulary(str(vocab), tiny_params("").with_model(num_vocabulary=40).model)
     from model import cli_infer      # the inference scripts' loader says the same
     with pytest.raises(UserError, match="must not end with a newline"):
         cli_infer.load_vocabulary(str(vocab), os.path.join(REPO, "emoji.json"), 40)

@@ -33,9 +33,8 @@ def write_records(path, n=64, seed=0, period=4):
 def tiny_params(output_dir="", **model):
     p = params_lib.default_params(num_vocabulary=V, num_contexts=C, num_switch_layers=2,
                                   num_hidden=16, num_header=2, num_experts=4, **model)
-    p["train_params"].update(output_dir=output_dir, batch_size=4, base_lr=1e-2,
-                             num_warmup_steps=2, checkpoint_per_steps=1000)
-    return p
+    return p.with_train(output_dir=output_dir, batch_size=4, base_lr=1e-2,
+                        num_warmup_steps=2, checkpoint_per_steps=1000)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +117,10 @@ def test_unknown_frozen_name_is_a_user_error(records, tmp_path):
 
 
 def test_2x2_mesh_matches_1x1_for_the_first_steps(records, tmp_path):
-    params = tiny_params()
-    params["train_params"]["base_lr"] = 1e-4
+    params = tiny_params().with_train(base_lr=1e-4)
     losses = {}
     for mesh in ("1x1", "2x2"):
-        t = make_trainer(records, tmp_path / mesh, 3, mesh=mesh, params=json.loads(json.dumps(params)))
+        t = make_trainer(records, tmp_path / mesh, 3, mesh=mesh, params=params)
         losses[mesh] = t.run()["losses"]
         t.close()
     np.testing.assert_allclose(losses["1x1"], losses["2x2"], atol=1e-4)
@@ -131,11 +129,10 @@ def test_2x2_mesh_matches_1x1_for_the_first_steps(records, tmp_path):
 def test_two_runs_take_identical_steps(records, tmp_path):
     # Updates wait for every gradient; before they did, a weight could change
     # while a later gradient still read it, and runs drifted apart by 1e-4.
-    params = tiny_params()
-    params["train_params"]["base_lr"] = 1e-4
+    params = tiny_params().with_train(base_lr=1e-4)
     runs = []
     for k in range(2):
-        t = make_trainer(records, tmp_path / str(k), 6, params=json.loads(json.dumps(params)))
+        t = make_trainer(records, tmp_path / str(k), 6, params=params)
         runs.append(t.run()["losses"])
         t.close()
     assert runs[0] == runs[1]
@@ -156,8 +153,7 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale(records, tmp_path)
 
 def run_training_cmd(records, out, steps, *extra, checkpoint_per_steps=1000):
     params_file = str(out.parent / (out.name + "-params.json"))
-    params = tiny_params(str(out))
-    params["train_params"]["checkpoint_per_steps"] = checkpoint_per_steps
+    params = tiny_params(str(out)).with_train(checkpoint_per_steps=checkpoint_per_steps)
     params_lib.save(params, params_file)
     return [PY, os.path.join(REPO, "run_training.py"), "--parameter_file", params_file,
             "--input_files", records, "--max_training_step", str(steps), "--no_progress",
@@ -219,14 +215,13 @@ def estimator_train(records, out, steps, mesh="1x1", **kw):
 def test_estimator_program_computes_what_the_session_loop_computes(records, tmp_path):
     # Same seed, same records, same initial weights: the TPUEstimator program
     # must see the same losses as the session loop, step for step.
-    params = tiny_params()
-    params["train_params"]["base_lr"] = 1e-4
+    params = tiny_params().with_train(base_lr=1e-4)
     session = make_trainer(records, tmp_path / "session", 6,
-                           params=json.loads(json.dumps(params)))
+                           params=params)
     expected = session.run()["losses"]
     session.close()
     summary = estimator_train(records, tmp_path / "estimator", 6,
-                              params=json.loads(json.dumps(params)))
+                              params=params)
     assert summary["step"] == 6 and summary["steps_run"] == 6
     np.testing.assert_allclose(summary["losses"], expected, atol=1e-5)
     # Same checkpoint contents: names, shapes and dtypes.

@@ -36,10 +36,10 @@ def make_model_dir(path, params=None, seed=0, output_bias=None):
     from model.compat import tf
 
     params = params or tiny_params()
-    model_params = params["model_params"]
+    model_params = params.model
     os.makedirs(path, exist_ok=True)
     forward = runtime.Forward(model_params, batch_size=1, length=1, seed=seed,
-                              with_spout=bool(model_params.get("num_spout")),
+                              with_spout=bool(model_params.num_spout),
                               devices=devicelib.local())
     forward.init_random()
     with forward.graph.as_default():

@@ -54,10 +54,10 @@ def _t(x):
 def mapping(model_params):
     """[(our name, [hf names], to_hf(ours) -> [hf arrays], from_hf([hf arrays]) -> ours)]."""
     p = model_params
-    H, A = p["num_hidden"], p["num_header"]
+    H, A = p.num_hidden, p.num_header
     K = H // A
-    E = p["num_experts"]
-    S, X = p["num_switch_layers"], p["num_ext_layers"]
+    E = p.num_experts
+    S, X = p.num_switch_layers, p.num_ext_layers
     rules = []
 
     def one(ours, hf, to=lambda x: x, back=lambda x: x):
@@ -96,7 +96,7 @@ def mapping(model_params):
             for ours, hf in (("p1", "wi"), ("p2", "wo")):
                 one("model/mlp%d/%s/kernel" % (i, ours), ff + "mlp.%s.weight" % hf, _t, _t)
                 one("model/mlp%d/%s/bias" % (i, ours), ff + "mlp.%s.bias" % hf)
-    if p.get("num_spout"):
+    if p.num_spout:
         for k in range(NUM_SPOUT_LAYERS):
             one("pasts/mlp%d/kernel" % k, "model.spout.%d.weight" % (2 * k), _t, _t)
         one("pasts/out/kernel", "model.spout.%d.weight" % (2 * NUM_SPOUT_LAYERS), _t, _t)
@@ -106,23 +106,23 @@ def mapping(model_params):
 # ---- config.json <-> parameters.json --------------------------------------------
 def hf_config(model_params):
     p = model_params
-    H, V = p["num_hidden"], p["num_vocabulary"]
+    H, V = p.num_hidden, p.num_vocabulary
     return {
         "architectures": ["GPTSanJapaneseForConditionalGeneration"],
         "model_type": "gptsan-japanese",
         "vocab_size": V,
-        "max_position_embeddings": p["num_contexts"],
+        "max_position_embeddings": p.num_contexts,
         "d_model": H,
         "d_ff": 8 * H,
         "d_ext": 4 * H,
-        "d_spout": p.get("num_spout", 0),
-        "num_switch_layers": p["num_switch_layers"],
-        "num_ext_layers": p["num_ext_layers"],
-        "num_heads": p["num_header"],
-        "num_experts": p["num_experts"],
+        "d_spout": p.num_spout,
+        "num_switch_layers": p.num_switch_layers,
+        "num_ext_layers": p.num_ext_layers,
+        "num_heads": p.num_header,
+        "num_experts": p.num_experts,
         # transformers drops a token once more than expert_capacity tokens of a sequence
         # chose its expert; at the context length every token is routed.
-        "expert_capacity": p["num_contexts"],
+        "expert_capacity": p.num_contexts,
         "layer_norm_epsilon": 1e-5,
         "router_bias": False,
         "router_jitter_noise": 0.0,
@@ -141,6 +141,7 @@ def hf_config(model_params):
 
 
 def model_params_from_config(config, has_spout, path):
+    """The model_params keys of a Hub config.json, as default_params arguments."""
     def need(key):
         if not isinstance(config.get(key), int) or isinstance(config.get(key), bool):
             raise UserError("%s: '%s' is missing or not an integer" % (path, key))
@@ -281,14 +282,14 @@ def import_hf(src, dst, dtype="float32", force=False, progress=True):
     except (OSError, ValueError) as e:
         raise UserError("cannot read %s (%s)" % (config_path, e))
     hub = HubTensors(src)
-    model_params = model_params_from_config(config, hub.has_spout(), config_path)
-    params = params_lib.default_params(**model_params)
-    params["train_params"]["output_dir"] = dst
+    params = params_lib.default_params(
+        **model_params_from_config(config, hub.has_spout(), config_path)).with_train(output_dir=dst)
     try:
-        params_lib.validate(params, config_path)
+        params.checked(config_path)
     except params_lib.ParameterError as e:
         raise UserError(str(e))
-    vocab = read_vocabulary(os.path.join(src, HF_VOCAB), model_params["num_vocabulary"])
+    model_params = params.model
+    vocab = read_vocabulary(os.path.join(src, HF_VOCAB), model_params.num_vocabulary)
     emoji = os.path.join(src, HF_EMOJI)
     if not os.path.isfile(emoji):
         raise UserError("%s not found; the Hub repository has one beside vocab.txt" % emoji)
@@ -333,7 +334,7 @@ def import_hf(src, dst, dtype="float32", force=False, progress=True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"output": dst, "source": hub.kind, "variables": len(entries) - 1,
-            "dtype": dtype, "num_spout": model_params.get("num_spout", 0)}
+            "dtype": dtype, "num_spout": model_params.num_spout}
 
 
 # ---- export --------------------------------------------------------------------
@@ -351,10 +352,10 @@ def export_hf(src, dst, vocabulary=None, emoji=None, dtype="float32", force=Fals
         params = params_lib.load(src_dir)
     except params_lib.ParameterError as e:
         raise UserError(str(e))
-    model_params = params["model_params"]
+    model_params = params.model
     vocabulary = vocabulary or _beside(src_dir, VOCAB_NAME)
     emoji = emoji or _beside(src_dir, EMOJI_NAME)
-    vocab = read_vocabulary(vocabulary, model_params["num_vocabulary"])
+    vocab = read_vocabulary(vocabulary, model_params.num_vocabulary)
     cli.require_file(emoji, "emoji file", "pass --emoji")
 
     shapes = convert.model_variable_shapes(model_params)
@@ -381,7 +382,7 @@ def export_hf(src, dst, vocabulary=None, emoji=None, dtype="float32", force=Fals
         write_text_atomic(os.path.join(tmp, HF_VOCAB), vocab)
         shutil.copyfile(emoji, os.path.join(tmp, HF_EMOJI))
         write_json_atomic({"tokenizer_class": "GPTSanJapaneseTokenizer",
-                           "model_max_length": model_params["num_contexts"],
+                           "model_max_length": model_params.num_contexts,
                            "do_clean_text": False},
                           os.path.join(tmp, "tokenizer_config.json"))
         convert.check_destination(dst, force, src_dir)
@@ -390,7 +391,7 @@ def export_hf(src, dst, vocabulary=None, emoji=None, dtype="float32", force=Fals
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"output": dst, "tensors": len(tensors), "dtype": dtype,
-            "num_spout": model_params.get("num_spout", 0)}
+            "num_spout": model_params.num_spout}
 
 
 def _beside(model_dir, name):

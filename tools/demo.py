@@ -243,10 +243,9 @@ def demo_params(output_dir, num_contexts, num_vocabulary):
     # Tried at the same step budgets (600 and 975 steps) on the pack records: base_lr
     # 1e-3, 5e-3 and 1e-2 and the rsqrt schedule (3e-3, 5e-3) all ended higher on the
     # held-out text than 2e-3 with the released constant rate.
-    p["train_params"].update(output_dir=output_dir, batch_size=8, base_lr=2e-3,
-                             num_warmup_steps=50, checkpoint_per_steps=200,
-                             checkpoint_per_hours=0.05)
-    return p
+    return p.with_train(output_dir=output_dir, batch_size=8, base_lr=2e-3,
+                        num_warmup_steps=50, checkpoint_per_steps=200,
+                        checkpoint_per_hours=0.05)
 
 
 def vocab_size(vocabulary, emoji):
@@ -371,7 +370,7 @@ def main(args):
     step("3. train a small Switch Transformer for %.1f minutes (resumes if run before)"
          % args.minutes)
     params = demo_params(base, C, vocab_size(vocabulary, emoji))
-    base_key = dict(vocab_key, model_params=params["model_params"])
+    base_key = dict(vocab_key, model_params=params.model.to_json())
     check_cache(base, base_key, model_complete)
     os.makedirs(base, exist_ok=True)
     write_stamp(base, base_key)  # before training: an interrupted run still resumes

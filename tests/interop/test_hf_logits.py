@@ -59,7 +59,7 @@ def theirs(model, tokens, prefix, spout):
 def test_exported_logits_match(experts, tmp_path, capsys):
     params = tiny_model.tiny_params(num_switch_layers=2, num_ext_layers=1, num_experts=experts,
                                     num_spout=8)
-    mp = params["model_params"]
+    mp = params.model
     model_dir = tiny_model.make_model_dir(str(tmp_path / "ours"), params, seed=experts)
     hub = str(tmp_path / "hub")
     convert_hf.export_hf(model_dir, hub)
@@ -108,7 +108,7 @@ def transformers_model_imported(tmp_path, seed, spout, ext, safe):
 def test_import_of_transformers_save_pretrained(safe, tmp_path, capsys):
     model, out = transformers_model_imported(tmp_path, seed=0, spout=8, ext=1, safe=safe)
     from model import params as params_lib
-    mp = params_lib.load(out)["model_params"]
+    mp = params_lib.load(out).model
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 35990, size=[1, LENGTH]).astype(np.int32)
     worst = {}
