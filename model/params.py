@@ -21,7 +21,6 @@ from model.errors import UserError
 
 MODEL_KEYS = ("num_contexts", "num_switch_layers", "num_ext_layers", "num_hidden",
               "num_header", "num_experts", "num_vocabulary", "num_pallarelizm")
-OPTIONAL_MODEL_KEYS = ("num_spout", "train_mode")
 # "mlm" records also have a bidirectional prefix, so such a model fills masks like "hybrid".
 TRAIN_MODES = ("lm", "hybrid", "mlm")
 TRAIN_KEYS = ("output_dir", "batch_size", "base_lr", "num_warmup_steps",
