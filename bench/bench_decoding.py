@@ -21,8 +21,8 @@ Bandwidth check (GPTSAN_BENCH_BANDWIDTH=1, or `python bench/bench_decoding.py
 A fresh process measures the matrix-vector streaming rate of numpy (float32
 1024x8192 matrices, 1.3 GB in all, so no cache holds them) and the decoder's
 steady per-token time (the interval between tokens, the prompt pass excluded),
-at batch 1 and 4. The bound is rate / bytes a step must read: the float32
-weights of attention, the routed expert (one per row) only, softmlp, router,
+at batch 1 and 4 after a 32-token prompt and at batch 1 after a 1,024-token
+one. The bound is rate / bytes a step must read: the float32 weights of attention, the routed expert (one per row) only, softmlp, router,
 norms and the output layer with the whole [vocab, hidden] table, plus the
 embedding rows; the key/value cache is not counted. The rate is measured
 before and after the decoder and the faster one is used.
@@ -229,7 +229,12 @@ def matvec_rate(seconds=3.0):
     return total / best
 
 
-def bandwidth_check(batches=(1, 4), tokens=24):
+# (batch, prompt length): the short prompt shows the weights' share of a step; after
+# the long one, every step also reads a cache of over 1,000 positions per layer.
+BANDWIDTH_CASES = ((1, PROMPT), (4, PROMPT), (1, 1024))
+
+
+def bandwidth_check(cases=BANDWIDTH_CASES, tokens=24):
     """Run in a fresh process: per-token decode time of the 2.8B size with random
     weights against the matrix-vector streaming rate measured around it."""
     import gc
@@ -237,22 +242,22 @@ def bandwidth_check(batches=(1, 4), tokens=24):
     from model import params as paramslib
     params = paramslib.default_params(**RELEASED_2_8B).model
     rates = [matvec_rate()]
-    out = {"batches": {}}
-    for batch in batches:
+    out = {"cases": []}
+    for batch, prompt_length in cases:
         stamps = []
-        dec = decoding.Decoder(params, batch, PROMPT, tokens, decoding.Sampling(top_k=1),
+        dec = decoding.Decoder(params, batch, prompt_length, tokens, decoding.Sampling(top_k=1),
                                on_emit=lambda step, t, a: stamps.append(time.perf_counter()))
         dec.init_random()
         best = float("inf")
         for _ in range(2):  # the first call also optimises the graph
             del stamps[:]
-            decoding.generate(dec, prompts(batch), [0] * batch, tokens)
+            decoding.generate(dec, prompts(batch, prompt_length), [0] * batch, tokens)
             best = min(best, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
         dec.close()
         del dec
         gc.collect()
-        out["batches"][str(batch)] = {"seconds_per_step": best,
-                                      "bytes_per_token": decode_bytes_per_token(params, batch)}
+        out["cases"].append({"batch": batch, "prompt": prompt_length, "seconds_per_step": best,
+                             "bytes_per_token": decode_bytes_per_token(params, batch)})
     rates.append(matvec_rate())
     out["rate"] = max(rates)
     return out
@@ -267,11 +272,13 @@ def bandwidth_rows():
     rate = r["rate"]
     rows = [dict(what="numpy float32 1024x8192 matrix-vector streaming (1.3 GB)",
                  ours=rate / 1e9, baseline=None, ratio=None, unit="GB/s")]
-    for batch, b in sorted(r["batches"].items()):
-        tokens_per_s = int(batch) / b["seconds_per_step"]
-        bound = int(batch) * rate / b["bytes_per_token"]
-        what = "2.8B config (random weights), batch %s, steady decode: tokens/s vs the " \
-               "bandwidth bound (%.2f GB of weights per step)" % (batch, b["bytes_per_token"] / 1e9)
+    for case in r["cases"]:
+        batch = case["batch"]
+        tokens_per_s = batch / case["seconds_per_step"]
+        bound = batch * rate / case["bytes_per_token"]
+        what = "2.8B config (random weights), batch %d, prompt %d, steady decode: tokens/s " \
+               "vs the bandwidth bound (%.2f GB of weights per step)" \
+               % (batch, case["prompt"], case["bytes_per_token"] / 1e9)
         rows.append(dict(what=what, ours=tokens_per_s, baseline=bound,
                          ratio=tokens_per_s / bound, unit="tokens/s"))
     return rows
