@@ -42,7 +42,8 @@ def model_params(config):
     return params_lib.default_params(num_vocabulary=36000, **config).model
 
 
-def describe(c):
+def describe(config):
+    c = model_params(config)
     return "C%d %d switch layers H%d E%d" % (c.num_contexts, c.num_switch_layers,
                                              c.num_hidden, c.num_experts)
 
