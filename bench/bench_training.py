@@ -53,7 +53,8 @@ def demo_records(folder, layout):
 
 
 def layout_rows(quick=False):
-    from model import params as params_lib, runtime, train
+    from model import devices as devicelib
+    from model import params as params_lib, train
     if not all(os.path.isfile(os.path.join(DEMO_CORPUS, n)) for n in DEMO_FILES):
         print("bench_training: layout rows skipped, %s not found" % DEMO_CORPUS, file=sys.stderr)
         return []
@@ -70,7 +71,7 @@ def layout_rows(quick=False):
             opts = train.TrainOptions(
                 params=params, input_files=os.path.join(d, layout, "*.tfrecord"),
                 output_dir=os.path.join(d, layout + "-out"), max_training_step=3,
-                devices=runtime.Devices.local(mesh_shape="1x1"), progress=False, log_every=0)
+                devices=devicelib.local(mesh_shape="1x1"), progress=False, log_every=0)
             trainers[layout] = train.Trainer(opts).start()
             trainers[layout].run()  # graph optimisation and warm-up
             seconds[layout] = []
@@ -107,7 +108,7 @@ def layout_rows(quick=False):
 
 
 def run(quick=False):
-    from model import params as params_lib, runtime, train
+    from model import params as params_lib, train
     from model import devices as devicelib
     length, vocab = 256, 36000
     params = params_lib.default_params(num_contexts=length, num_switch_layers=4, num_hidden=256,
