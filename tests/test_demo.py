@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numpy_gptsan as ref
-import records as record_files
+from tests import records as record_files
 import tiny_model
 from model import convert, evaluate, params as paramslib
 from model.compat import tf

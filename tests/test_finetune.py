@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import numpy_gptsan as ref
-import records as record_files
+from tests import records as record_files
 import tiny_model
 from model import convert, network, params as paramslib, runtime
 from model import devices as devicelib

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-import records as record_files
+from tests import records as record_files
 from model import params as params_lib
 from model.compat import tf
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-import records as record_files
+from tests import records as record_files
 from model import params as params_lib
 from model.compat import tf
 
