@@ -212,16 +212,18 @@ def check_record_summaries(files, model_params, vocabulary=None, allow_incomplet
               "records cannot be checked" % ", ".join(unchecked), file=sys.stderr)
 
 
-def as_flags(message, names):
-    """A library message naming parameters, with those names written as the flags
-    (`force=True` is the store_true flag `--force`)."""
-    import re
-    return re.sub(r"(?<![-\w])(%s)(?:=True)?\b" % "|".join(names), r"--\1", message)
+# TrainOptions fields that library messages name and that are flags of the same name.
+OPTION_FLAGS = ("force", "input_files", "spout_vector", "use_bfloat16", "use_mixed_precision",
+                "optimizer", "lr_schedule")
 
 
 def training_error_as_flags(error):
-    """A train.TrainingError's message with the options it names written as flags."""
-    return error.renamed(lambda template: as_flags(template, ("force", "input_files")))
+    """A train.TrainingError's message with the options it names written as flags
+    (`force=True` is the store_true flag `--force`); the values (paths, record
+    errors) are left as they are."""
+    import re
+    pattern = r"(?<![-\w])(%s)(?:=True)?\b" % "|".join(OPTION_FLAGS)
+    return error.renamed(lambda template: re.sub(pattern, r"--\1", template))
 
 
 def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen=()):
@@ -252,10 +254,6 @@ def train_from_args(args, params, output_dir, init_checkpoint=None, extra_frozen
     try:
         # The mesh is known only later, where the trainer checks its batch split.
         train.check_options(opts, mesh_batch=1)
-    except train.OptionError as e:
-        cli.fail(as_flags(str(e), ("spout_vector", "use_bfloat16", "use_mixed_precision",
-                                   "optimizer", "lr_schedule")))
-    try:
         if args.tpu_nodes or args.use_tpu_estimator:
             summary = _train_with_estimator(args, opts)
         else:

@@ -51,14 +51,9 @@ class TrainOptions:
     log_every: int = 10
 
 
-class OptionError(UserError, ValueError):
-    """A TrainOptions field has a value that cannot work; the message starts with
-    the field's name (the command-line layer adds "--": its flags have the same names)."""
-
-
 class TrainingError(UserError):
-    """Training cannot go on until the user acts; the advice names TrainOptions fields
-    (a bool one written `force=True`). The message is kept as `template` % `values` so
+    """Training cannot go on until the user acts; the message names TrainOptions
+    fields (a bool one written `force=True`). It is kept as `template` % `values` so
     that the command-line layer can write the fields as its flags without touching
     the paths and record errors in the values."""
 
@@ -71,21 +66,28 @@ class TrainingError(UserError):
         return rename(self.template) % self.values
 
 
+class OptionError(TrainingError, ValueError):
+    """A TrainOptions field has a value that cannot work; the message starts with
+    the field's name."""
+
+
 def check_options(opts, mesh_batch):
     """User mistakes in the options, as one-line errors before any graph is built."""
     mp, batch = opts.params.model, opts.params.train.batch_size
     if opts.spout_vector not in SPOUT_CHOICES:
-        raise OptionError("spout_vector must be one of %s" % ", ".join(SPOUT_CHOICES))
+        raise OptionError("spout_vector must be one of %(choices)s",
+                          choices=", ".join(SPOUT_CHOICES))
     if opts.spout_vector != "none" and not mp.num_spout:
-        raise OptionError("spout_vector %s needs num_spout > 0 in parameters.json "
-                          "(add spout weights with tools/run_modelconvert.py --num_spout)"
-                          % opts.spout_vector)
+        raise OptionError("spout_vector %(value)s needs num_spout > 0 in parameters.json "
+                          "(add spout weights with tools/run_modelconvert.py --num_spout)",
+                          value=opts.spout_vector)
     if opts.use_bfloat16 and opts.use_mixed_precision:
         raise OptionError("use_bfloat16 and use_mixed_precision exclude each other; choose one")
     if opts.optimizer not in ("adam", "adafactor"):
         raise OptionError("optimizer must be adam or adafactor")
     if opts.lr_schedule not in optimizer.LR_SCHEDULES:
-        raise OptionError("lr_schedule must be one of %s" % ", ".join(optimizer.LR_SCHEDULES))
+        raise OptionError("lr_schedule must be one of %(choices)s",
+                          choices=", ".join(optimizer.LR_SCHEDULES))
     if opts.spout_vector == "half_onehot" and mp.num_spout < 2:
         raise OptionError("spout_vector half_onehot needs num_spout >= 2 in parameters.json")
     if batch % mesh_batch:
