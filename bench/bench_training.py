@@ -12,10 +12,9 @@ uniformly from the records)."""
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (puts the repository on sys.path)
+import common  # noqa: E402  (puts the repository on sys.path)
 
 
 def write_records(path, n, length, vocab, seed=0):
@@ -77,11 +76,7 @@ def layout_rows(quick=False):
             seconds[layout] = []
         for k in range(blocks):  # alternate, so a slow spell of the machine hits both
             for layout in (("document", "pack") if k % 2 == 0 else ("pack", "document")):
-                trainer = trainers[layout]
-                trainer.opts.max_training_step = trainer.step() + steps
-                t = time.time()
-                trainer.run()
-                seconds[layout].append((time.time() - t) / steps)
+                seconds[layout].append(common.seconds_per_step(trainers[layout], steps))
         for trainer in trainers.values():
             trainer.close()
     per_step = DEMO_BATCH * DEMO_SHAPE["num_contexts"]
@@ -123,12 +118,8 @@ def run(quick=False):
                                   progress=False, log_every=0)
         trainer = train.Trainer(opts).start()
         trainer.run()
-        trainer.opts.max_training_step = warmup + steps
-        t = time.time()
-        trainer.run()
-        elapsed = time.time() - t
+        rate = 8 * length / common.seconds_per_step(trainer, steps)
         trainer.close()
-    rate = steps * 8 * length / elapsed
     return [dict(what="training, C256 4 switch layers H256 E8 batch 8 (fp32)", ours=rate,
                  baseline=None, ratio=None, unit="tokens/s")] + layout_rows(quick)
 

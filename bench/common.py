@@ -76,3 +76,15 @@ def write_results(path, body, heading=None):
             sections.append(new)
     parts = [head] + sections
     write_text_atomic(path, "\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n")
+
+
+def seconds_per_step(trainer, steps):
+    """Wall seconds per training step: `steps` steps run as Trainer.run runs each,
+    without the checkpoint Trainer.run writes when it returns (a checkpoint is
+    not a step, and the peer writes none)."""
+    import time
+    fetch = trainer.step_fetches()
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.session.run(fetch)
+    return (time.perf_counter() - t) / steps

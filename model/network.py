@@ -474,55 +474,36 @@ def embed(tokens, positions, cfg, train):
     return x, wte
 
 
-def output_logits(x, wte, cfg, train=False):
-    """swish(x W + b) against the tied embedding, plus a vocabulary bias.
-    The names dense/kernel and dense_1/bias are the released checkpoint's."""
+def output_head(x, wte, cfg, train=False):
+    """What the vocabulary projection reads: (swish(x W + b) in float32 with hidden
+    last, the tied embedding, the vocabulary bias). The names dense/kernel and
+    dense_1/bias are the released checkpoint's."""
     d = cfg.dims
     w = variable(x.mesh, "dense/kernel", [d.hidden, d.hidden_out], cfg)
     b = variable(x.mesh, "dense_1/bias", [d.hidden_out], cfg, init=tf.zeros_initializer())
     wob = variable(x.mesh, "wob", [d.vocab], cfg, init=tf.zeros_initializer())
     h = swish(dense(x, w, (x.shape - d.hidden).dims + [d.hidden_out], cfg, train) + b)
     h = mtf.rename_dimension(h, d.hidden_out.name, d.hidden.name)
-    h = ordered(to_float(h), (h.shape - d.hidden).dims + [d.hidden])
-    return matmul_rows(h, to_float(wte), d.hidden, d.vocab, cfg) + to_float(wob)
+    return ordered(to_float(h), (h.shape - d.hidden).dims + [d.hidden]), to_float(wte), to_float(wob)
 
 
-def matmul_rows(x, table, hidden, rows, cfg):
-    """einsum(x, table) over `hidden` (x's last dimension) as 2-D matrix products
-    per slice, forward and backward. mtf's einsum gradients for these shapes (a
-    contraction over batch and length together into a [vocabulary, hidden] table)
-    run markedly slower on the CPU than the transposed products written out here,
-    and at inference the einsum lowering streams the [vocab, hidden] table, the
-    largest matrix a decoding step reads, slower than one tf.matmul (measured in
-    the decoding benchmark). The layout never splits vocab or hidden."""
-    parts = batch_parts(x, cfg)
-    if parts is None:
-        return mtf.einsum([x, table], reduced_dims=[hidden])
-    outer = x.shape - hidden
+def output_logits(head, cfg):
+    """h wte^T + wob: one 2-D matrix product per slice. The einsum lowering streams
+    the [vocab, hidden] table, the largest matrix a decoding step reads, slower
+    than one tf.matmul (measured in the decoding benchmark). The layout never
+    splits vocab or hidden."""
+    h, table, bias = head
+    d = cfg.dims
+    outer = h.shape - d.hidden
+    if batch_parts(h, cfg) is None:
+        return mtf.einsum([h, table], reduced_dims=[d.hidden]) + bias
 
-    def flat(t, width):
-        return tf.reshape(t, [-1, width])
+    def product(a, w, b):
+        out = tf.nn.bias_add(tf.matmul(tf.reshape(a, [-1, d.hidden.size]), w, transpose_b=True), b)
+        return tf.reshape(out, tf.concat([tf.shape(a)[:-1], [d.vocab.size]], 0))
 
-    def product(a, w):
-        out = tf.matmul(flat(a, hidden.size), w, transpose_b=True)
-        return tf.reshape(out, tf.concat([tf.shape(a)[:-1], [rows.size]], 0))
-
-    def grad(op, dy):
-        def dx(g, w):
-            out = tf.matmul(flat(g, rows.size), w)
-            return tf.reshape(out, tf.concat([tf.shape(g)[:-1], [hidden.size]], 0))
-
-        def dw_part(g, a):
-            return tf.matmul(flat(g, rows.size), flat(a, hidden.size), transpose_a=True)[None]
-
-        grad_x = mtf.slicewise(dx, [dy, table], output_shape=x.shape, output_dtype=x.dtype,
-                               splittable_dims=outer.dims)
-        partial = mtf.slicewise(dw_part, [dy, x], output_shape=mtf.Shape([parts] + table.shape.dims),
-                                output_dtype=x.dtype, splittable_dims=[parts] + outer.dims)
-        return [grad_x, sum_parts(partial, parts, table.shape)]
-
-    return mtf.slicewise(product, [x, table], output_shape=outer + rows, output_dtype=x.dtype,
-                         splittable_dims=outer.dims, grad_function=grad)
+    return mtf.slicewise(product, [h, table, bias], output_shape=outer + d.vocab,
+                         output_dtype=h.dtype, splittable_dims=outer.dims)
 
 
 def gather_position(x, index, length):
@@ -549,7 +530,8 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
                     placed before the pasts.
     pos_index:      optional int [batch]; returns the hidden state after every
                     layer at that position, concatenated ([batch, layers*hidden]).
-    Returns dict(logits [batch, length, vocab] float32, presents, aux_loss, pos_vector).
+    Returns dict(logits [batch, length, vocab] float32 (None in training), head (what
+    lm_loss reads, training only), presents, aux_loss, pos_vector).
     """
     d = cfg.dims
     mesh = tokens.mesh
@@ -595,9 +577,12 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
             x = layer_norm(f, "ln%d" % i, cfg) + x
             presents.append(present)
             layer_outputs.append(x)
-        logits = output_logits(x, wte, cfg, train)
+        head = output_head(x, wte, cfg, train)
 
-    out = {"logits": logits, "presents": stack_presents(presents, cfg),
+    # Training reads the projection's inputs (lm_loss), never the logits themselves.
+    out = {"logits": None if train else output_logits(head, cfg),
+           "head": head if train else None,
+           "presents": stack_presents(presents, cfg),
            "aux_loss": mtf.add_n(aux_losses) if aux_losses else None}
     if pos_index is not None:
         per_layer = mtf.stack([gather_position(to_float(h), pos_index, length)
@@ -607,39 +592,88 @@ def model(tokens, cfg, num_precontext=None, pasts=None, past_length=None, key_va
     return out
 
 
-def lm_loss(logits, targets, vocab_dim, z_loss=1e-4):
+def lm_loss(head, targets, cfg, z_loss=1e-4):
     """Mean cross-entropy over positions with target >= 0, plus z-loss; divided by
-    (count + 1e-5) as released (0 for a batch with no target)."""
+    (count + 1e-5) as released (0 for a batch with no target). `head` is
+    model(train=True)["head"]."""
     valid = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
-    per_position = mtf.slicewise(
-        lambda l, t: _cross_entropy_with_z_loss(l, tf.maximum(t, 0), z_loss), [logits, targets],
-        output_shape=targets.shape, output_dtype=tf.float32,
-        splittable_dims=targets.shape.dims)
+    per_position = cross_entropy_with_z_loss(head, targets, cfg, z_loss)
     return mtf.reduce_sum(per_position * valid) / (mtf.reduce_sum(valid) + 1e-5)
 
 
-def _cross_entropy_with_z_loss(logits, targets, z_loss):
-    """log Z - logit[target] + z_loss * (log Z)^2 per position, for one slice whose
-    vocabulary is whole, with its gradient written out: the backward reuses the
-    forward's exponentials, (1 + 2 z log Z) softmax - one_hot, so it costs one
-    full-size pass and no one-hot tensor."""
-    shape = tf.shape(logits)
-    labels = tf.reshape(targets, [-1])
-    rows = tf.stack([tf.range(tf.shape(labels)[0], dtype=labels.dtype), labels], axis=1)
+def cross_entropy_with_z_loss(head, targets, cfg, z_loss):
+    """log Z - logit[target] + z_loss * (log Z)^2 per position (a negative target
+    counts as 0), with the vocabulary projection inside.
 
-    @tf.custom_gradient
-    def loss(flat):
-        peak = tf.reduce_max(flat, axis=1)
-        exps = tf.exp(flat - peak[:, None])
+    The [positions, vocabulary] logits are the largest tensor of a training step,
+    so they are made once and read as little as possible: the forward keeps the
+    exponentials, and the gradient of the logits, (1 + 2 z log Z) softmax - one_hot,
+    is never formed. Its row scale moves onto the small operands of the two
+    backward matrix products, and the one-hot part becomes a row gather and a
+    scatter-add into the vocabulary rows. The bias gradient rides along as one
+    more column of the table's gradient product."""
+    h, table, bias = head
+    d = cfg.dims
+    parts = batch_parts(targets, cfg)
+    if parts is None:  # a layout splitting more than the batch: plain mtf ops
+        logits = output_logits(head, cfg)
+        log_z = mtf.reduce_logsumexp(logits, d.vocab)
+        picked = mtf.reduce_sum(logits * mtf.one_hot(mtf.maximum(targets, 0), d.vocab,
+                                                     dtype=logits.dtype), reduced_dim=d.vocab)
+        return log_z - picked + z_loss * mtf.square(log_z)
+    positions = targets.shape
+    h = ordered(h, positions.dims + [d.hidden])
+    width = d.hidden.size
+
+    def rows(t, size):
+        return tf.reshape(t, [-1, size])
+
+    def labels(t):
+        return tf.reshape(tf.maximum(t, 0), [-1])
+
+    def forward(h, w, b, t):
+        logits = tf.nn.bias_add(tf.matmul(rows(h, width), w, transpose_b=True), b)
+        peak = tf.reduce_max(logits, axis=1)
+        exps = tf.exp(logits - peak[:, None])
         total = tf.reduce_sum(exps, axis=1)
         log_z = peak + tf.math.log(total)
+        picked = tf.gather(logits, labels(t)[:, None], axis=1, batch_dims=1)[:, 0]
+        shape = tf.shape(t)
+        return (tf.reshape(log_z - picked + z_loss * tf.square(log_z), shape),
+                tf.reshape(exps, tf.concat([shape, [d.vocab.size]], 0)),
+                tf.reshape((1.0 + 2.0 * z_loss * log_z) / total, shape))
 
-        def grad(up):
-            scale = up * (1.0 + 2.0 * z_loss * log_z) / total
-            return tf.tensor_scatter_nd_sub(scale[:, None] * exps, rows, up)
-        return log_z - tf.gather_nd(flat, rows) + z_loss * tf.square(log_z), grad
+    def grad(op, dy, *unused):
+        _, exps, softmax_scale = op.outputs
+        scale = dy * softmax_scale  # d loss / d logits = scale * exps - dy * one_hot
 
-    return tf.reshape(loss(tf.reshape(logits, [-1, shape[-1]])), shape[:-1])
+        def d_hidden(e, w, s, c, t):
+            out = tf.matmul(rows(e, d.vocab.size), w) * rows(s, 1) - \
+                tf.gather(w, labels(t)) * rows(c, 1)
+            return tf.reshape(out, tf.concat([tf.shape(t), [width]], 0))
+
+        def d_table_and_bias(e, a, s, c, t):
+            s, c = rows(s, 1), rows(c, 1)
+            both = tf.matmul(rows(e, d.vocab.size), tf.concat([rows(a, width) * s, s], 1),
+                             transpose_a=True)
+            both -= tf.math.unsorted_segment_sum(tf.concat([rows(a, width) * c, c], 1),
+                                                 labels(t), d.vocab.size)
+            return both[None, :, :width], both[None, :, width]
+
+        grad_h = mtf.slicewise(d_hidden, [exps, table, scale, dy, targets], output_shape=h.shape,
+                               output_dtype=h.dtype, splittable_dims=positions.dims)
+        grad_w, grad_b = mtf.slicewise(
+            d_table_and_bias, [exps, h, scale, dy, targets],
+            output_shape=[mtf.Shape([parts] + table.shape.dims), mtf.Shape([parts, d.vocab])],
+            output_dtype=[h.dtype, h.dtype], splittable_dims=[parts] + positions.dims)
+        return [grad_h, sum_parts(grad_w, parts, table.shape),
+                sum_parts(grad_b, parts, bias.shape), None]
+
+    loss, _, _ = mtf.slicewise(
+        forward, [h, table, bias, targets],
+        output_shape=[positions, positions + d.vocab, positions],
+        output_dtype=[tf.float32] * 3, splittable_dims=positions.dims, grad_function=grad)
+    return loss
 
 
 def count_parameters(model_params):

@@ -200,8 +200,7 @@ def build_train_step(opts, features, mesh_shape, mesh_impl):
         imp(features["x"], [batch, length_dim]), cfg,
         num_precontext=imp(features["num_input"], [batch]),
         spout=None if spout is None else imp(spout, [batch, cfg.dims.spout]), train=True)
-    lm_loss = network.lm_loss(out["logits"], imp(features["y"], [batch, length_dim]),
-                              cfg.dims.vocab)
+    lm_loss = network.lm_loss(out["head"], imp(features["y"], [batch, length_dim]), cfg)
     aux_loss = out["aux_loss"] if out["aux_loss"] is not None else mtf.zeros(mesh, [])
     aux_loss = mtf.cast(aux_loss, tf.float32)
     loss = lm_loss + aux_loss
@@ -346,6 +345,12 @@ class Trainer:
     def step(self):
         return int(self.session.run(self.ops.global_step))
 
+    def step_fetches(self):
+        """What one training step runs: the update, then loss, aux_loss and the
+        learning rate it used (the benchmarks time exactly this)."""
+        ops = self.ops
+        return [ops.train_op, ops.loss, ops.aux_loss, ops.learning_rate]
+
     def save(self):
         self.session.run(self.copy_to_masters)
         os.makedirs(self.opts.output_dir, exist_ok=True)
@@ -368,8 +373,7 @@ class Trainer:
             while step < o.max_training_step and not stop.requested:
                 if o.max_seconds and time.time() - t0 > o.max_seconds:
                     break
-                ops = self.ops
-                fetch = [ops.train_op, ops.loss, ops.aux_loss, ops.learning_rate]
+                fetch = self.step_fetches()
                 want_summary = writer is not None and step % o.log_every == 0
                 if want_summary:
                     fetch.append(self.summaries)

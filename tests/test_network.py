@@ -191,7 +191,11 @@ def test_causal_later_tokens_never_change_earlier_logits(forward, config, positi
     position %= LENGTHS[config]
     before = f(tokens, **inputs)["logits"]
     after = f(change_token(tokens, position, config), **inputs)["logits"]
-    assert_close(after[:, :position], before[:, :position], 1e-6)
+    # Equal up to summation order, not bit for bit: changing a token can change how
+    # many tokens an expert takes, and a matrix product over another number of
+    # rows may round a row differently (seen on an AVX2-only CPU). A leak through
+    # the mask would move the logits by far more.
+    assert_same_computation(after[:, :position], before[:, :position])
     assert np.abs(after[:, position:] - before[:, position:]).max() > 1e-3
 
 
@@ -205,7 +209,7 @@ def test_prefix_is_bidirectional_and_blind_to_the_rest(forward, config):
     assert (np.abs(inside[:, :k - 1] - before[:, :k - 1]).max(axis=-1) > 1e-4).all()
     for position in range(k, LENGTHS[config]):
         after = f(change_token(tokens, position, config), **inputs)["logits"]
-        assert_close(after[:, :k], before[:, :k], 1e-6)
+        assert_same_computation(after[:, :k], before[:, :k])  # as in the causal test
 
 
 # --- incremental decoding ---------------------------------------------------
@@ -358,3 +362,60 @@ def test_token_dropping_switch_matches_numpy_per_sequence(checkpoints, token_dro
     assert_close(got["logits"], want["logits"], REFERENCE_ATOL)
     assert np.abs(want["logits"][0] - other["logits"][0]).max() > 1e-3
     assert_same_computation(alone["logits"][0], got["logits"][0])
+
+
+# --- the training loss --------------------------------------------------------
+
+def numpy_lm_loss(h, table, bias, targets, z_loss):
+    """The released loss and its gradients in float64, written out directly:
+    logits = h table^T + bias; mean over targeted positions of
+    log Z - logit[target] + z (log Z)^2, divided by (count + 1e-5)."""
+    logits = h @ table.T + bias
+    peak = logits.max(-1, keepdims=True)
+    log_z = (peak + np.log(np.exp(logits - peak).sum(-1, keepdims=True)))[..., 0]
+    valid = (targets >= 0).astype(np.float64)
+    labels = np.maximum(targets, 0)
+    picked = np.take_along_axis(logits, labels[..., None], -1)[..., 0]
+    count = valid.sum() + 1e-5
+    loss = ((log_z - picked + z_loss * log_z ** 2) * valid).sum() / count
+    softmax = np.exp(logits - log_z[..., None])
+    one_hot = np.eye(table.shape[0])[labels]
+    d_logits = ((1 + 2 * z_loss * log_z)[..., None] * softmax - one_hot) * (valid / count)[..., None]
+    return loss, d_logits @ table, np.einsum("blv,blh->vh", d_logits, h), d_logits.sum((0, 1))
+
+
+@pytest.mark.parametrize("mesh", ["1x1", "2x1"])
+def test_training_loss_and_its_gradients_match_numpy(mesh):
+    """lm_loss writes the vocabulary projection's gradient out by hand (no logits
+    gradient tensor, the bias gradient folded into the table's): it must equal the
+    plain formula, also when the batch is split and each slice sums its own part."""
+    rng = np.random.default_rng(5)
+    batch, length, hidden, vocab, z_loss = 4, 6, 8, 37, 1e-2
+    h = rng.normal(0, 1, (batch, length, hidden))
+    table, bias = rng.normal(0, 0.5, (vocab, hidden)), rng.normal(0, 0.5, vocab)
+    targets = rng.integers(0, vocab, (batch, length))
+    targets[0, :2] = -1  # positions without a target count for nothing
+    targets[3, :] = -1
+    devices = cpu_mesh(mesh)
+    mp = dataclasses.replace(CONFIGS["switch_only"], num_hidden=hidden, num_vocabulary=vocab)
+    with tf.Graph().as_default():
+        mtf_graph, m = meshlib.new_mesh()
+        cfg = network.Config(mp, layout=meshlib.LAYOUT, mesh_shape=devices.shape)
+        d = cfg.dims
+        dims = {"batch": mtf.Dimension("batch", batch), "length": mtf.Dimension("length", length)}
+
+        def imp(value, shape, dtype=tf.float32):
+            return runtime.import_tensor(m, tf.constant(value, dtype), shape)
+
+        head = [imp(h, [dims["batch"], dims["length"], d.hidden]), imp(table, [d.vocab, d.hidden]),
+                imp(bias, [d.vocab])]
+        loss = network.lm_loss(head, imp(targets, [dims["batch"], dims["length"]], tf.int32),
+                               cfg, z_loss=z_loss)
+        grads = mtf.gradients([loss], head)
+        lowering = mtf.Lowering(mtf_graph, {m: meshlib.placement(devices.shape, devices.devices)})
+        outs = [lowering.export_to_tf_tensor(t) for t in [loss] + grads]
+        with tf.Session(config=devices.config) as session:
+            got = session.run(outs)
+    want = numpy_lm_loss(h, table, bias, targets, z_loss)
+    for name, g, w in zip(["loss", "d_hidden", "d_table", "d_bias"], got, want):
+        assert np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max()), name
