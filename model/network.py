@@ -498,12 +498,12 @@ def output_logits(head, cfg):
     if batch_parts(h, cfg) is None:
         return mtf.einsum([h, table], reduced_dims=[d.hidden]) + bias
 
-    def product(a, w, b):
-        out = tf.nn.bias_add(tf.matmul(tf.reshape(a, [-1, d.hidden.size]), w, transpose_b=True), b)
+    def product(a, w):
+        out = tf.matmul(tf.reshape(a, [-1, d.hidden.size]), w, transpose_b=True)
         return tf.reshape(out, tf.concat([tf.shape(a)[:-1], [d.vocab.size]], 0))
 
-    return mtf.slicewise(product, [h, table, bias], output_shape=outer + d.vocab,
-                         output_dtype=h.dtype, splittable_dims=outer.dims)
+    return mtf.slicewise(product, [h, table], output_shape=outer + d.vocab,
+                         output_dtype=h.dtype, splittable_dims=outer.dims) + bias
 
 
 def gather_position(x, index, length):
@@ -632,7 +632,7 @@ def cross_entropy_with_z_loss(head, targets, cfg, z_loss):
         return tf.reshape(tf.maximum(t, 0), [-1])
 
     def forward(h, w, b, t):
-        logits = tf.nn.bias_add(tf.matmul(rows(h, width), w, transpose_b=True), b)
+        logits = tf.matmul(rows(h, width), w, transpose_b=True) + b
         peak = tf.reduce_max(logits, axis=1)
         exps = tf.exp(logits - peak[:, None])
         total = tf.reduce_sum(exps, axis=1)
