@@ -4,6 +4,7 @@ import os
 import platform
 import re
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -82,7 +83,6 @@ def seconds_per_step(trainer, steps):
     """Wall seconds per training step: `steps` steps run as Trainer.run runs each,
     without the checkpoint Trainer.run writes when it returns (a checkpoint is
     not a step, and the peer writes none)."""
-    import time
     fetch = trainer.step_fetches()
     t = time.perf_counter()
     for _ in range(steps):
